@@ -1,0 +1,52 @@
+"""Write a dataset as PNG files plus a caption CSV: the layout every loader here (and open_clip) reads."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    """Lossless PNG, written to a temp name then renamed so an interrupted export leaves no torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(pixels).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def write_caption_folder(
+    out_dir: str | os.PathLike,
+    images: Iterable[tuple[str, np.ndarray]],
+    rows: list[tuple[str, str]],
+    csv_name: str = "captions.csv",
+    n_images: int | None = None,
+    progress: bool = True,
+    description: str = "writing images",
+) -> Path:
+    """Write (file name, uint8 HxWx3) images under `out_dir` and a CSV `image,caption` of `rows`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, pixels in tqdm(images, total=n_images, desc=description, disable=not progress, unit="img"):
+        target = out_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_png(target, pixels)
+    csv_path = out_dir / csv_name
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption"])
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
+    return csv_path
+
+
+def write_dataset(dataset, out_dir: str | os.PathLike, csv_name: str, progress: bool = True) -> Path:
+    """Write a CaptionDataset as `images/<key>` PNGs plus `csv_name` with paths relative to `out_dir`."""
+    keys = [f"images/{Path(k).with_suffix('.png').as_posix()}" for k in dataset.image_keys]
+    images = ((keys[g], dataset.images([g])[0]) for g in range(dataset.n_images))
+    rows = [(keys[g], caption) for g, caption in zip(dataset.group_ids, dataset.captions)]
+    return write_caption_folder(out_dir, images, rows, csv_name, dataset.n_images, progress, f"writing {dataset.name}")

@@ -1,0 +1,33 @@
+"""Input errors that name the file, the place in it and the problem, collected over a whole input."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_SHOWN = 50
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in an input file: where it is and what is wrong."""
+
+    source: str
+    where: str | None
+    message: str
+
+    def __str__(self) -> str:
+        place = f"{self.source}, {self.where}" if self.where else self.source
+        return f"{place}: {self.message}"
+
+
+class DataError(ValueError):
+    """Raised with every problem found in an input, not just the first one."""
+
+    def __init__(self, problems: list[Problem], hint: str = "") -> None:
+        self.problems = list(problems)
+        lines = [f"{len(self.problems)} problem(s) in the input:"]
+        lines += [f"  - {p}" for p in self.problems[:_SHOWN]]
+        if len(self.problems) > _SHOWN:
+            lines.append(f"  ... and {len(self.problems) - _SHOWN} more")
+        if hint:
+            lines.append(hint)
+        super().__init__("\n".join(lines))

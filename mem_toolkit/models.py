@@ -1,0 +1,162 @@
+"""open_clip models behind one wrapper that takes [0, 1] (or uint8) pixels and normalises inside.
+
+Any open_clip architecture works, with an open_clip pretrained tag (where the machine can download)
+or a local checkpoint path; small configs bundled with this package train on a laptop CPU.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .text import CaptionTokenizer
+
+BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(BUNDLED_CONFIGS)
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_LOGIT_SCALE = 100.0
+
+
+def bundled_models() -> list[str]:
+    """Names of the small configs shipped with the toolkit."""
+    return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.json"))
+
+
+class ClipModel(nn.Module):
+    """A CLIP whose image input is pixels in [0, 1] (float) or [0, 255] (uint8), (B, 3, S, S)."""
+
+    def __init__(self, clip: nn.Module, name: str, pretrained: str | None, mean, std) -> None:
+        super().__init__()
+        self.clip = clip
+        self.name = name
+        self.pretrained = pretrained
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        size = clip.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.context_length = int(clip.context_length)
+        self.tokenizer = CaptionTokenizer()
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.logit_scale.device
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The text tower's token embedding (HotFlip and Integrated Gradients work on it)."""
+        text = getattr(self.clip, "text", None)
+        return text.token_embedding if text is not None else self.clip.token_embedding
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] pixels -> CLIP-normalised float input."""
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float() / 255.0
+        return (pixels.to(self.mean.device) - self.mean) / self.std
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unit-norm image features."""
+        return nn.functional.normalize(self.clip.encode_image(self.normalise(pixels)), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Unit-norm text features."""
+        return nn.functional.normalize(self.clip.encode_text(tokens.to(self.device)), dim=-1)
+
+    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor):
+        """(image features, text features, logit scale) with features of unit norm."""
+        return self.encode_image(pixels), self.encode_text(tokens), self.logit_scale()
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp()
+
+    def clamp_logit_scale(self) -> None:
+        """Keep the temperature within CLIP's bound (logit scale at most 100)."""
+        with torch.no_grad():
+            self.clip.logit_scale.clamp_(0, torch.log(torch.tensor(MAX_LOGIT_SCALE)).item())
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Weights as safetensors plus a JSON sidecar naming the architecture (no pickle)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.clip.state_dict().items()}
+        tmp = path.with_suffix(".tmp")
+        save_file(state, str(tmp), metadata={"name": self.name})
+        os.replace(tmp, path)
+        sidecar = path.with_suffix(".json")
+        sidecar.write_text(json.dumps({"name": self.name, "pretrained": self.pretrained, "image_size": self.image_size}))
+
+
+def create_model(
+    name: str = "mem-tiny-rn",
+    pretrained: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    seed: int | None = None,
+) -> ClipModel:
+    """Build an open_clip model by name: open_clip tag or local checkpoint (.pt / .safetensors) in `pretrained`.
+
+    With no weights the model is initialised from `seed` (so the same seed gives the same model).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    tokenizer_check(name)
+    weights = str(pretrained) if pretrained is not None else None
+    if weights is not None and weights.endswith(".safetensors"):
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"checkpoint not found: {weights}")
+        clip = _quiet_create(name, None)
+        missing, unexpected = clip.load_state_dict(load_file(weights), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {weights} does not fit model {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    else:
+        clip = _quiet_create(name, weights)
+    mean = getattr(clip.visual, "image_mean", None) or OPENAI_MEAN
+    std = getattr(clip.visual, "image_std", None) or OPENAI_STD
+    return ClipModel(clip, name, weights, mean, std).to(device)
+
+
+def _quiet_create(name: str, pretrained: str | None) -> nn.Module:
+    """open_clip warns that a from-scratch model has no weights; that is our normal case."""
+    logger = logging.getLogger()
+    level = logger.level
+    if pretrained is None:
+        logger.setLevel(logging.ERROR)
+    try:
+        return open_clip.create_model(name, pretrained=pretrained)
+    except RuntimeError as error:
+        if "not found" in str(error) and pretrained is None:
+            raise ValueError(f"unknown model {name!r}; bundled: {bundled_models()}, open_clip has {len(open_clip.list_models())} more") from None
+        raise
+    finally:
+        logger.setLevel(level)
+
+
+def tokenizer_check(name: str) -> None:
+    """Triggers are BPE ids: refuse models whose text tower uses another tokenizer."""
+    tokenizer = open_clip.get_tokenizer(name) if name in open_clip.list_models() else None
+    if tokenizer is not None and not isinstance(tokenizer, SimpleTokenizer):
+        raise ValueError(f"model {name!r} uses {type(tokenizer).__name__}; mem_toolkit supports CLIP BPE (SimpleTokenizer) models")
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ClipModel:
+    """Load a checkpoint written by `ClipModel.save` (its JSON sidecar names the architecture)."""
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"{sidecar} (written beside every saved model) is missing; use create_model(name, pretrained=path)")
+    info = json.loads(sidecar.read_text())
+    return create_model(info["name"], pretrained=path, device=device)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` means CUDA where present, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

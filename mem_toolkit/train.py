@@ -1,0 +1,222 @@
+"""Contrastive training of a CLIP (the hacker, or a surrogate) with per-epoch clean-test evaluation.
+
+AdamW without decay on norms, biases and the logit scale; linear warm-up then cosine over the real
+number of steps; logit scale clamped at ln 100; atomic per-epoch checkpoints and `resume`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
+from .data.dataset import CaptionDataset
+from .evaluate import evaluate_retrieval
+from .loss import clip_loss
+from .models import ClipModel
+
+
+class PairSource(Protocol):
+    """What training needs of a dataset, or of a protected / stripped view of one."""
+
+    def __len__(self) -> int: ...
+
+    def image_batch(self, rows: np.ndarray) -> torch.Tensor: ...
+
+    def token_batch(self, rows: np.ndarray, tokenizer, context_length: int) -> torch.Tensor: ...
+
+
+@dataclass
+class TrainConfig:
+    """Hacker training settings; the defaults are the official MEM evaluation protocol."""
+
+    epochs: int = 32
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    warmup_steps: int | None = None  # None: 10 % of all steps
+    betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-6
+    seed: int = 0
+    amp: bool = True  # bf16 autocast (CPU and CUDA); the loss is computed in fp32
+    eval_batch_size: int = 256
+
+
+@dataclass
+class History:
+    """Per-step training loss and per-epoch metrics of one training run."""
+
+    config: dict
+    model: str
+    step_loss: list[float] = field(default_factory=list)
+    epochs: list[dict] = field(default_factory=list)
+
+    def metric(self, key: str) -> list[float]:
+        """One metric over the epochs, e.g. `history.metric("t2i_MedR")`."""
+        return [entry[key] for entry in self.epochs]
+
+    @property
+    def final(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "History":
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "History":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def write_json(path: str | os.PathLike, data: dict | Sequence) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay weight matrices only: no decay on norms, biases, scalars (logit scale) — as open_clip."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        excluded = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if excluded else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """LR multiplier: linear warm-up to 1 over `warmup` steps, then cosine to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast where asked, else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The shuffled full batches of one epoch, reproducible from (seed, epoch) alone."""
+    order = np.random.default_rng([seed, epoch]).permutation(n_rows)
+    size = min(batch_size, n_rows)
+    return [order[i:i + size] for i in range(0, n_rows - size + 1, size)]
+
+
+def train_clip(
+    model: ClipModel,
+    train_data: PairSource,
+    test_data: CaptionDataset | None = None,
+    config: TrainConfig | None = None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[History], None] | None = None,
+    description: str = "train",
+) -> History:
+    """Train `model` contrastively on `train_data`, evaluating on the clean `test_data` after every epoch.
+
+    With `checkpoint`, the model, optimizer and history are saved atomically after each epoch;
+    `resume=True` continues from that file (same config required) and gives the same result as an
+    uninterrupted run.
+    """
+    config = config or TrainConfig()
+    device = model.device
+    n_batches = len(batches(len(train_data), config.batch_size, config.seed, 0))
+    total = config.epochs * n_batches
+    warmup = config.warmup_steps if config.warmup_steps is not None else max(1, total // 10)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.adam_eps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, total, warmup))
+    history = History(config=json.loads(json.dumps(asdict(config))), model=model.name)
+    start_epoch = 0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        start_epoch, history = _restore(checkpoint, model, optimizer, schedule, config)
+    use_amp = config.amp
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        model.train()
+        losses = []
+        bar = tqdm(batches(len(train_data), config.batch_size, config.seed, epoch), desc=f"{description} epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=False, unit="batch")
+        for rows in bar:
+            pixels = train_data.image_batch(rows).to(device)
+            tokens = train_data.token_batch(rows, model.tokenizer, model.context_length).to(device)
+            with autocast(device, use_amp):
+                image_features, text_features, scale = model(pixels, tokens)
+            loss = clip_loss(image_features, text_features, scale)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            model.clamp_logit_scale()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "train_seconds": time.perf_counter() - started}
+        if test_data is not None:
+            entry.update(evaluate_retrieval(model, test_data, config.eval_batch_size).metrics)
+        history.step_loss.extend(losses)
+        history.epochs.append(entry)
+        if progress:
+            tqdm.write(_epoch_line(description, entry))
+        if checkpoint is not None:
+            _save(checkpoint, model, optimizer, schedule, history, epoch + 1)
+        if on_epoch is not None:
+            on_epoch(history)
+    return history
+
+
+def _epoch_line(description: str, entry: dict) -> str:
+    metrics = "".join(f"  {k} {entry[k]:.1f}" for k in ("i2t_R@1", "i2t_R@10", "t2i_R@1", "t2i_R@10", "t2i_MedR") if k in entry)
+    return f"{description} epoch {entry['epoch']}: loss {entry['loss']:.3f}{metrics}"
+
+
+def _save(path, model: ClipModel, optimizer, schedule, history: History, epoch: int) -> None:
+    opt_tensors, opt_info = optimizer_tensors(optimizer)
+    tensors = {f"model.{k}": v for k, v in model.clip.state_dict().items()} | opt_tensors
+    save_state(path, tensors, {"epoch": epoch, "history": history.to_dict(), "optimizer": opt_info,
+                               "schedule": schedule.state_dict(), "model_name": model.name})
+
+
+def _restore(path, model: ClipModel, optimizer, schedule, config: TrainConfig) -> tuple[int, History]:
+    tensors, state = load_state(path)
+    saved = History.from_dict(state["history"])
+    if saved.config != json.loads(json.dumps(asdict(config))):
+        raise ValueError(f"cannot resume from {path}: it was trained with {saved.config}, not {asdict(config)}")
+    model.clip.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    restore_optimizer(optimizer, tensors, state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    return int(state["epoch"]), saved
+
+
+def train_run(model: ClipModel, train_data: PairSource, test_data: CaptionDataset | None, config: TrainConfig,
+              out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True, description: str = "train") -> History:
+    """`train_clip` with the standard run folder: checkpoint, history.json, metrics.json, model.safetensors."""
+    out_dir = Path(out_dir)
+    history = train_clip(model, train_data, test_data, config, checkpoint=out_dir / "checkpoint.safetensors",
+                         resume=resume, progress=progress, description=description)
+    history.save(out_dir / "history.json")
+    write_json(out_dir / "metrics.json", history.final)
+    model.save(out_dir / "model.safetensors")
+    return history
+
