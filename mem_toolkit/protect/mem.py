@@ -1,0 +1,26 @@
+"""MEM: Multi-step Error Minimization — image noise by PGD and a text trigger by HotFlip, bound to each other."""
+from __future__ import annotations
+
+from .base import Protector
+
+
+class MEM(Protector):
+    """Error-minimising noise plus a k-token trigger; the noise step re-shuffles captions so the noise binds to the trigger.
+
+    `MEM(trigger_len=3)` is MEM-3. Presets: `paper` (the official defaults) and `cpu` (scaled for the
+    embedded data on a laptop CPU).
+    """
+
+    method = "mem"
+    defaults = dict(trigger_len=3, trigger_rounds=5, shuffle=True, rounds=20, surrogate_steps=200, pgd_steps=8)
+    presets = {
+        "paper": dict(rounds=20, surrogate_steps=200, surrogate_lr=1e-4, pgd_steps=8, trigger_rounds=5, candidates=16,
+                      beam=1, batch_size=128, eps=8, granularity="row"),
+        "cpu": dict(rounds=6, surrogate_steps=30, pgd_steps=5, trigger_rounds=2, candidates=8, batch_size=128, eps=8),
+    }
+
+    def __init__(self, trigger_len: int = 3, preset: str | None = None, **settings) -> None:
+        super().__init__(preset=preset, trigger_len=trigger_len, **settings)
+        if self.config.trigger_len < 1:
+            raise ValueError("MEM needs a trigger of at least one token; EM is the method without one")
+        self.method = f"mem-{self.config.trigger_len}"

@@ -1,0 +1,60 @@
+"""Projected sign-gradient steps on integer image noise (the noise step of MEM / EM, and UAP).
+
+Noise is an integer tensor in pixel units, so every iterate stays exactly on the 1/255 lattice and
+within [-ε, ε]; pixels + noise stay within [0, 255].
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..loss import clip_loss
+from ..models import ClipModel
+from ..train import autocast
+
+
+def pgd_noise(
+    model: ClipModel,
+    pixels: torch.Tensor,
+    noise: torch.Tensor,
+    unit_index: torch.Tensor,
+    tokens_for_step: Callable[[int], torch.Tensor],
+    *,
+    eps: int,
+    steps: int,
+    step_size: int = 1,
+    ascent: bool = False,
+    amp: bool = True,
+) -> tuple[torch.Tensor, list[float]]:
+    """Run `steps` sign steps on `noise` (units, 3, S, S, int16) for a batch of rows.
+
+    Row i uses `noise[unit_index[i]]` (units shared by several rows get the summed gradient).
+    `tokens_for_step(t)` gives the texts for step t (MEM re-shuffles captions every step). Descent
+    minimises the CLIP loss (EM, MEM); `ascent=True` maximises it (UAP). Returns the new noise and the
+    loss before each step. Text features need no gradient, so they are computed without one.
+    """
+    device = model.device
+    pixels = pixels.to(device)
+    unit_index = unit_index.to(device)
+    noise = noise.to(device=device, dtype=torch.int16)
+    one_row_per_unit = len(torch.unique(unit_index)) == len(unit_index)
+    losses = []
+    model.eval()
+    for step in range(steps):
+        with torch.no_grad(), autocast(device, amp):
+            text_features = model.encode_text(tokens_for_step(step).to(device))
+        delta = noise.float().requires_grad_(True)
+        with autocast(device, amp):
+            image_features = model.encode_image((pixels.float() + delta[unit_index]) / 255.0)
+        loss = clip_loss(image_features, text_features.float(), model.logit_scale().detach())
+        (grad,) = torch.autograd.grad(loss, delta)
+        losses.append(loss.item())
+        direction = torch.sign(grad).to(torch.int16) * step_size
+        noise = (noise + direction if ascent else noise - direction).clamp_(-eps, eps)
+        if one_row_per_unit:  # exact projection onto valid pixels; shared noise is clipped when applied
+            order = torch.empty_like(unit_index)
+            order[unit_index] = torch.arange(len(unit_index), device=device)
+            base = pixels[order].to(torch.int16)
+            noise = torch.maximum(torch.minimum(noise, 255 - base), -base)
+    return noise, losses
