@@ -87,6 +87,93 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _protector(args):
+    from .protect import EM, MEM, UAP
+
+    settings = {k: v for k, v in {
+        "eps": args.eps, "rounds": args.rounds, "surrogate_steps": args.surrogate_steps, "pgd_steps": args.pgd_steps,
+        "trigger_rounds": args.trigger_rounds, "candidates": args.candidates, "beam": args.beam, "batch_size": args.batch_size,
+        "granularity": args.granularity, "n_clusters": args.n_clusters, "trigger_init": args.trigger_init,
+        "surrogate_model": args.surrogate_model, "surrogate_epochs": args.surrogate_epochs, "seed": args.seed,
+    }.items() if v is not None}
+    if args.all_tokens:
+        settings["exclude_caption_vocab"] = False
+    if args.method == "mem":
+        return MEM(trigger_len=3 if args.trigger_len is None else args.trigger_len, preset=args.preset, device=args.device, **settings)
+    if args.trigger_len not in (None, 0):
+        raise SystemExit(f"error: --trigger-len applies to MEM only, not {args.method}")
+    return {"em": EM, "uap": UAP}[args.method](preset=args.preset, device=args.device, **settings)
+
+
+def _dataset_record(args) -> dict:
+    """How the protected dataset was read, so `export` and `verify` can read it again."""
+    return {"train_csv": str(Path(args.train_csv).resolve()), "image_column": args.image_column,
+            "caption_column": args.caption_column, "delimiter": args.delimiter}
+
+
+def cmd_protect(args) -> int:
+    from .models import create_model
+
+    protector = _protector(args)
+    config = protector.config
+    surrogate = create_model(config.surrogate_model, args.surrogate_checkpoint, protector.device, seed=config.seed)
+    train = _load_csv(args.train_csv, args, surrogate.image_size)
+    out = Path(args.out)
+    protection = protector.fit(train, surrogate, work_dir=out / "work", resume=args.resume)
+    protection.config["dataset"] = _dataset_record(args)
+    protection.save(out)
+    last = protection.diagnostics[-1]
+    print(f"saved {protection.method} protection of {len(train)} rows to {out}")
+    print("last round: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)))
+    if protection.trigger_len:
+        print("example triggers: " + "; ".join(protection.trigger_words()[:5]))
+    return 0
+
+
+def _protected_dataset(args):
+    """The protection and the dataset it was made for (recorded path unless --train-csv overrides)."""
+    from .protect import Protection
+
+    protection = Protection.load(args.protection)
+    record = protection.config.get("dataset", {})
+    for key in ("image_column", "caption_column", "delimiter"):
+        if getattr(args, key, None) is None:
+            setattr(args, key, record.get(key))
+    csv_path = args.train_csv or record.get("train_csv")
+    if not csv_path:
+        raise SystemExit("error: the protection does not record its dataset; pass --train-csv")
+    dataset = _load_csv(csv_path, args, protection.image_size)
+    protection.check_fits(dataset)
+    return protection, dataset
+
+
+def cmd_export(args) -> int:
+    from .protect.export import export_protection
+
+    protection, dataset = _protected_dataset(args)
+    csv_path = export_protection(protection, dataset, args.out)
+    print(f"wrote {csv_path} and the protected images; |noise| <= {protection.eps}/255 verified on the written files")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .experiment import results_table, run_arm
+    from .train import write_json
+
+    protection, dataset = _protected_dataset(args)
+    test = _load_csv(args.test_csv, args, protection.image_size)
+    config = _train_config(args)
+    out = Path(args.out or Path(args.protection) / "verify")
+    arms = {"clean": dataset, protection.method: protection.apply(dataset)}
+    results = {name: run_arm(name, data, test, config, out, args.model, args.device) for name, data in arms.items()}
+    finals = {name: r.final for name, r in results.items()}
+    table = results_table(finals, test, f"hacker {args.model}, {args.epochs} epochs, clean test set")
+    (out / "verify.md").write_text(table + "\n")
+    write_json(out / "verify.json", {"results": finals, "table": table})
+    print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mem-toolkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +202,48 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", help="write the report as JSON here")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    protect = commands.add_parser("protect", help="make a protection (noise + trigger) for a caption CSV")
+    _add_data_args(protect, test=False)
+    protect.add_argument("--method", choices=["mem", "em", "uap"], default="mem")
+    protect.add_argument("--trigger-len", type=int, default=None, help="MEM trigger length k (MEM-3: 3)")
+    protect.add_argument("--preset", choices=["paper", "cpu"], help="official defaults, or scaled for a laptop CPU")
+    protect.add_argument("--eps", type=int, help="noise bound in 1/255 units (8 means 8/255)")
+    protect.add_argument("--rounds", type=int)
+    protect.add_argument("--surrogate-steps", type=int)
+    protect.add_argument("--pgd-steps", type=int)
+    protect.add_argument("--trigger-rounds", type=int)
+    protect.add_argument("--candidates", type=int)
+    protect.add_argument("--beam", type=int)
+    protect.add_argument("--batch-size", type=int)
+    protect.add_argument("--granularity", choices=["row", "image", "cluster"])
+    protect.add_argument("--n-clusters", type=int)
+    protect.add_argument("--trigger-init", help="a word repeated k times, or 'random'")
+    protect.add_argument("--all-tokens", action="store_true", help="let triggers use caption words too")
+    protect.add_argument("--surrogate-model")
+    protect.add_argument("--surrogate-checkpoint", help="start the surrogate from these weights (open_clip tag or path)")
+    protect.add_argument("--surrogate-epochs", type=int, help="UAP: epochs of clean surrogate training")
+    protect.add_argument("--seed", type=int)
+    protect.add_argument("--device", default="auto")
+    protect.add_argument("--out", required=True, help="protection folder (work/ inside holds per-round checkpoints)")
+    protect.add_argument("--resume", action="store_true", help="continue an interrupted run from its last round")
+    protect.set_defaults(func=cmd_protect, trigger_len=None)
+
+    export = commands.add_parser("export", help="write protected PNGs + captions.csv, ready to publish")
+    export.add_argument("--protection", required=True)
+    export.add_argument("--train-csv", help="the dataset the protection was made for (default: the recorded one)")
+    _add_data_args(export, train=False, test=False)
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=cmd_export)
+
+    verify = commands.add_parser("verify", help="train a hacker on clean and on protected data, compare on the clean test set")
+    verify.add_argument("--protection", required=True)
+    verify.add_argument("--train-csv", help="the dataset the protection was made for (default: the recorded one)")
+    verify.add_argument("--test-csv", required=True)
+    _add_data_args(verify, train=False, test=False)
+    _add_train_args(verify)
+    verify.add_argument("--out", help="results folder (default: PROTECTION/verify)")
+    verify.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -1,0 +1,45 @@
+"""The protect -> export -> verify path a data owner takes on the command line, on tiny generated data."""
+from __future__ import annotations
+
+import csv
+import json
+
+from mem_toolkit.cli import main
+
+
+def test_protect_export_verify_and_resume(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["make-data", "shapes", "--out", str(data), "--n-train", "24", "--n-test", "8", "--image-size", "64"]) == 0
+    protection = tmp_path / "prot"
+    args = ["protect", "--method", "mem", "--trigger-len", "2", "--eps", "4", "--rounds", "2", "--surrogate-steps", "1",
+            "--pgd-steps", "1", "--trigger-rounds", "1", "--candidates", "3", "--batch-size", "12",
+            "--train-csv", str(data / "train.csv"), "--out", str(protection)]
+    assert main(args) == 0
+    info = json.loads((protection / "protection.json").read_text())
+    assert info["method"] == "mem-2" and info["eps"] == 4 and len(info["diagnostics"]) == 2
+    assert info["config"]["dataset"]["train_csv"].endswith("train.csv")
+    assert (protection / "work" / "state.safetensors").exists()
+    assert main(args + ["--resume"]) == 0  # already finished: resumes at round 2 of 2 and saves the same artifact
+    assert json.loads((protection / "protection.json").read_text())["diagnostics"] == info["diagnostics"]
+
+    published = tmp_path / "published"
+    assert main(["export", "--protection", str(protection), "--out", str(published)]) == 0
+    with open(published / "captions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 24 * 5
+    words = info["trigger_words"]
+    assert any(row["caption"].startswith(words[0] + " ") for row in rows)
+
+    assert main(["verify", "--protection", str(protection), "--test-csv", str(data / "test.csv"),
+                 "--epochs", "1", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "| clean |" in out and "| mem-2 |" in out and "| random guess |" in out
+    assert (protection / "verify" / "verify.json").exists()
+
+
+def test_protect_reports_bad_csv_and_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,caption\nmissing.png,a red circle\n")
+    assert main(["protect", "--method", "em", "--train-csv", str(bad), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv, line 2" in err and "image file not found" in err
