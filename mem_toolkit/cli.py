@@ -174,6 +174,18 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    results = run_demo(args.out, args.preset, device=args.device)
+    print(results["table"])
+    print()
+    for text, ok in results["checks"].items():
+        print(f"{'ok ' if ok else 'NO '} {text}")
+    print(f"\nresults: {Path(args.out) / 'results.md'} and results.json; figures in {Path(args.out) / 'figures'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mem-toolkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -244,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(verify)
     verify.add_argument("--out", help="results folder (default: PROTECTION/verify)")
     verify.set_defaults(func=cmd_verify)
+
+    demo = commands.add_parser("demo", help="the main job: protect the embedded data with UAP, EM, MEM-3, MEM-5, hack it, tabulate")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--preset", choices=["quick", "full"], default="quick", help="quick: minutes on a laptop CPU; full: the strength run")
+    demo.add_argument("--device", default="auto")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -27,6 +27,7 @@ from .artifact import Protection, ProtectedDataset
 from .hotflip import hotflip_step
 from .pgd import pgd_noise
 from .sharing import sharing_units, sweep_rows
+from .vocabulary import allowed_trigger_tokens
 
 
 @dataclass
@@ -49,6 +50,7 @@ class ProtectConfig:
     beam: int = 1
     trigger_init: str = "random"  # a word repeated k times, or "random" (one random allowed token per position and unit)
     exclude_caption_vocab: bool = True
+    trigger_vocab_size: int = 0  # 0: every allowed token; N: a seeded random subset of N allowed tokens
     shuffle: bool = False
     ascent: bool = False
     granularity: str = "image"  # row | image | cluster
@@ -143,11 +145,8 @@ class Protector:
         return state.finish()
 
     def _allowed_tokens(self, dataset: CaptionDataset, tokenizer) -> torch.Tensor:
-        allowed = tokenizer.whole_word_ids
-        if self.config.exclude_caption_vocab:
-            allowed = np.setdiff1d(allowed, tokenizer.vocabulary_of(dataset.caption_token_ids(tokenizer)))
-        if len(allowed) < self.config.candidates:
-            raise ValueError(f"only {len(allowed)} trigger tokens are allowed; fewer than candidates={self.config.candidates}")
+        c = self.config
+        allowed = allowed_trigger_tokens(dataset, tokenizer, c.exclude_caption_vocab, c.trigger_vocab_size, c.seed)
         return torch.from_numpy(allowed).to(self.device)
 
     def _rng(self, round_index: int, stage: int) -> np.random.Generator:
