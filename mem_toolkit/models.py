@@ -99,10 +99,12 @@ def create_model(
     pretrained: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     seed: int | None = None,
+    image_size: int | None = None,
 ) -> ClipModel:
     """Build an open_clip model by name: open_clip tag or local checkpoint (.pt / .safetensors) in `pretrained`.
 
-    With no weights the model is initialised from `seed` (so the same seed gives the same model).
+    With no weights the model is initialised from `seed` (so the same seed gives the same model);
+    `image_size` overrides the config's input size (e.g. a bundled tiny model at 224 px).
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -111,25 +113,25 @@ def create_model(
     if weights is not None and weights.endswith(".safetensors"):
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"checkpoint not found: {weights}")
-        clip = _quiet_create(name, None)
+        clip = _quiet_create(name, None, image_size)
         missing, unexpected = clip.load_state_dict(load_file(weights), strict=False)
         if missing or unexpected:
             raise ValueError(f"checkpoint {weights} does not fit model {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     else:
-        clip = _quiet_create(name, weights)
+        clip = _quiet_create(name, weights, image_size)
     mean = getattr(clip.visual, "image_mean", None) or OPENAI_MEAN
     std = getattr(clip.visual, "image_std", None) or OPENAI_STD
     return ClipModel(clip, name, weights, mean, std).to(device)
 
 
-def _quiet_create(name: str, pretrained: str | None) -> nn.Module:
+def _quiet_create(name: str, pretrained: str | None, image_size: int | None = None) -> nn.Module:
     """open_clip warns that a from-scratch model has no weights; that is our normal case."""
     logger = logging.getLogger()
     level = logger.level
     if pretrained is None:
         logger.setLevel(logging.ERROR)
     try:
-        return open_clip.create_model(name, pretrained=pretrained)
+        return open_clip.create_model(name, pretrained=pretrained, force_image_size=image_size)
     except RuntimeError as error:
         if "not found" in str(error) and pretrained is None:
             raise ValueError(f"unknown model {name!r}; bundled: {bundled_models()}, open_clip has {len(open_clip.list_models())} more") from None
@@ -152,7 +154,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
     if not sidecar.is_file():
         raise FileNotFoundError(f"{sidecar} (written beside every saved model) is missing; use create_model(name, pretrained=path)")
     info = json.loads(sidecar.read_text())
-    return create_model(info["name"], pretrained=path, device=device)
+    return create_model(info["name"], pretrained=path, device=device, image_size=info.get("image_size"))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
