@@ -5,7 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# The tiny test models gain little from intra-op threads, and on a shared CPU (CI, a laptop doing other
+# work) OpenMP threads waiting for each other make every small operation many times slower.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
