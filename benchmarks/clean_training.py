@@ -14,7 +14,6 @@ import platform
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 

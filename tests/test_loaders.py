@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mem_toolkit.data import load_caption_csv, load_coco_captions, load_karpathy_json
 from mem_toolkit.errors import DataError
@@ -44,7 +45,7 @@ def test_official_images_caption_csv(tmp_path, photos):
     assert dataset.image_keys == ["a.jpg", "b.png", "c.png", "d.png"]
     assert dataset.skipped == []
     batch = dataset.image_batch(np.arange(5))
-    assert batch.shape == (5, 3, SIZE, SIZE) and batch.dtype.is_floating_point is False
+    assert batch.shape == (5, 3, SIZE, SIZE) and batch.dtype == torch.uint8
     assert (batch[0] == batch[2]).all()
 
 

@@ -104,5 +104,7 @@ def test_ci_script_is_executable_strict_and_runs_make_test():
 
 def test_readme_starts_with_the_two_commands():
     readme = (ROOT / "README.md").read_text()
-    first = readme[: readme.find("##", readme.find("\n"))]
-    assert "make demo" in first and "make test" in first
+    first_block = readme.split("```")[1]
+    assert readme.index("```") < readme.index("\n## ")  # before any section
+    commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
