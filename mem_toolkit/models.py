@@ -114,7 +114,10 @@ def create_model(
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"checkpoint not found: {weights}")
         clip = _quiet_create(name, None, image_size)
-        missing, unexpected = clip.load_state_dict(load_file(weights), strict=False)
+        try:
+            missing, unexpected = clip.load_state_dict(load_file(weights), strict=False)
+        except RuntimeError as error:  # same names, other shapes: torch raises instead of listing them
+            raise ValueError(f"checkpoint {weights} does not fit model {name!r}: {str(error).splitlines()[-1].strip()}") from None
         if missing or unexpected:
             raise ValueError(f"checkpoint {weights} does not fit model {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     else:

@@ -57,6 +57,7 @@ class CaptionDataset:
         else:
             self._pixels, self._loaded = _make_cache(shape, cache_dir, self.fingerprint())
         self._token_cache: dict[int, list[list[int]]] = {}
+        self.skipped: list[Problem] = []  # rows left out by a loader or `preload(skip_bad=True)`
 
     # -- sizes ---------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -89,8 +90,8 @@ class CaptionDataset:
     def preload(self, progress: bool = True, skip_bad: bool = False) -> "CaptionDataset":
         """Decode every image once (with progress), reporting all unreadable files together.
 
-        With `skip_bad`, rows of unreadable images are dropped and a new dataset is returned; the
-        dropped files are listed in `self.skipped`. Images decoded before an error stay cached.
+        With `skip_bad`, rows of unreadable images are dropped and a new dataset is returned whose
+        `skipped` lists them after what was skipped before. Images decoded before an error stay cached.
         """
         missing = np.flatnonzero(~self._loaded)
         bad = self._decode(missing, progress=progress, skip_bad=skip_bad) if len(missing) else []
@@ -98,24 +99,26 @@ class CaptionDataset:
             return self
         keep_groups = np.setdiff1d(np.arange(self.n_images), [g for g, _ in bad])
         kept = self.select_images(keep_groups)
-        kept.skipped = [problem for _, problem in bad]
+        kept.skipped = self.skipped + [problem for _, problem in bad]
         return kept
 
     def _decode(self, groups: np.ndarray, progress: bool, skip_bad: bool) -> list[tuple[int, Problem]]:
         assert self.image_paths is not None
         bad: list[tuple[int, Problem]] = []
-        for g in tqdm(groups, desc=f"decoding {self.name} images", disable=not progress, unit="img"):
-            path = self.image_paths[g]
-            try:
-                self._pixels[g] = load_image(path, self.image_size)
-                self._loaded[g] = True
-            except Exception as error:  # Pillow raises many kinds; all mean "cannot read this file"
-                bad.append((int(g), Problem(str(path), None, f"cannot read image ({type(error).__name__}: {error})")))
+        try:
+            for g in tqdm(groups, desc=f"decoding {self.name} images", disable=not progress, unit="img"):
+                path = self.image_paths[g]
+                try:
+                    self._pixels[g] = load_image(path, self.image_size)
+                    self._loaded[g] = True
+                except Exception as error:  # Pillow raises many kinds; all mean "cannot read this file"
+                    bad.append((int(g), Problem(str(path), None, f"cannot read image ({type(error).__name__}: {error})")))
+        finally:  # even on an error or Ctrl-C, the on-disk cache keeps what was decoded
+            if isinstance(self._pixels, np.memmap):
+                self._pixels.flush()
+                _save_mask(self._pixels.filename, self._loaded)
         if bad and not skip_bad:
             raise DataError([p for _, p in bad], hint="Fix or remove these files, or pass skip_bad / --skip-bad.")
-        if isinstance(self._pixels, np.memmap):
-            self._pixels.flush()
-            np.save(_mask_path(self._pixels.filename), self._loaded)
         return bad
 
     # -- text ----------------------------------------------------------------------------------
@@ -165,6 +168,14 @@ class CaptionDataset:
 
 def _mask_path(filename: str) -> str:
     return str(filename) + ".loaded.npy"
+
+
+def _save_mask(filename: str, loaded: np.ndarray) -> None:
+    """Which cached images are decoded, written atomically beside the memory map."""
+    target = _mask_path(filename)
+    with open(target + ".tmp", "wb") as handle:
+        np.save(handle, loaded)
+    os.replace(target + ".tmp", target)
 
 
 def _make_cache(shape: tuple[int, ...], cache_dir, fingerprint: str) -> tuple[np.ndarray, np.ndarray]:

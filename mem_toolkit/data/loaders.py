@@ -76,26 +76,55 @@ def build_dataset(
     return dataset
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path) -> bytes:
     try:
-        return path.read_bytes().decode("utf-8-sig")
+        return path.read_bytes()
     except FileNotFoundError:
         raise DataError([Problem(str(path), None, "file not found")]) from None
+
+
+def _read_text(path: Path) -> str:
+    """The whole file as UTF-8 text, or one problem naming the line of the first bad byte (JSON cannot be read past it)."""
+    data = _read_bytes(path)
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        line = data[: error.start].count(b"\n") + 1
         raise DataError([Problem(str(path), f"line {line}", f"not valid UTF-8 text ({error.reason} at byte {error.start})")]) from None
 
 
-def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, source: str) -> int:
+def _read_lines(path: Path) -> tuple[str, list[Problem]]:
+    """The file as UTF-8 text with every line that is not valid UTF-8 blanked and reported (line numbers kept)."""
+    data = _read_bytes(path)
+    try:
+        return data.decode("utf-8-sig"), []
+    except UnicodeDecodeError:
+        pass
+    lines = data.splitlines(keepends=True)
+    problems = []
+    for number, line in enumerate(lines, 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            problems.append(Problem(str(path), f"line {number}", f"not valid UTF-8 text ({error.reason} at column {error.start + 1})"))
+            lines[number - 1] = b"\n"
+    return b"".join(lines).decode("utf-8-sig"), problems
+
+
+def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, source: str,
+                 problems: list[Problem]) -> int:
+    """Index of the named (or first known) column; a problem is added, and -1 returned, where there is none."""
     lowered = [h.strip().lower() for h in header]
     if wanted is not None:
-        if wanted.lower() not in lowered:
-            raise DataError([Problem(source, "line 1", f"missing {what} column {wanted!r}; the header has {header}")])
-        return lowered.index(wanted.lower())
+        if wanted.lower() in lowered:
+            return lowered.index(wanted.lower())
+        problems.append(Problem(source, "line 1", f"missing {what} column {wanted!r}; the header has {header}"))
+        return -1
     for name in candidates:
         if name in lowered:
             return lowered.index(name)
-    raise DataError([Problem(source, "line 1", f"no {what} column found; the header has {header}, expected one of {list(candidates)}")])
+    problems.append(Problem(source, "line 1", f"no {what} column found; the header has {header}, expected one of {list(candidates)}"))
+    return -1
 
 
 def load_caption_csv(
@@ -116,7 +145,9 @@ def load_caption_csv(
     """
     path = Path(path)
     source = str(path)
-    text = _read_text(path)
+    text, problems = _read_lines(path)
+    if any(problem.where == "line 1" for problem in problems):
+        raise DataError(problems, hint="The header line must be readable; save the file as UTF-8.")
     if not text.strip():
         raise DataError([Problem(source, None, "the file is empty")])
     first_line = text.splitlines()[0]
@@ -124,13 +155,15 @@ def load_caption_csv(
         delimiter = "\t" if "\t" in first_line else ("," if "," in first_line else ("|" if "|" in first_line else ","))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = next(reader)
+    header_problems: list[Problem] = []
     duplicates = [name for name, count in Counter(h.strip().lower() for h in header).items() if count > 1 and name]
     if duplicates:
-        raise DataError([Problem(source, "line 1", f"duplicate column name(s) in header: {duplicates}")])
-    image_index = _pick_column(header, image_column, IMAGE_COLUMNS, "image", source)
-    caption_index = _pick_column(header, caption_column, CAPTION_COLUMNS, "caption", source)
+        header_problems.append(Problem(source, "line 1", f"duplicate column name(s) in header: {duplicates}"))
+    image_index = _pick_column(header, image_column, IMAGE_COLUMNS, "image", source, header_problems)
+    caption_index = _pick_column(header, caption_column, CAPTION_COLUMNS, "caption", source, header_problems)
+    if header_problems:
+        raise DataError(header_problems + problems)
     root = Path(image_root) if image_root is not None else path.parent
-    problems: list[Problem] = []
     entries = []
     for record in reader:
         where = f"line {reader.line_num}"

@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test` (see README.md).
+# The first run creates .venv and installs the toolkit with its notebook and dev extras; a stamp
+# file (rebuilt when pyproject.toml changes) makes later runs start at once.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lab clean distclean
+
+demo: $(STAMP)
+	$(BIN)/python -m mem_toolkit demo --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[notebooks,dev]'
+	touch $(STAMP)
+
+# Generated outputs and caches; the venv stays (`make distclean` removes it too).
+clean:
+	rm -rf runs test-artifacts build dist .pytest_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
