@@ -188,6 +188,7 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mem-toolkit", description=__doc__)
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     make = commands.add_parser("make-data", help="write an embedded synthetic dataset as PNGs + CSV")
@@ -268,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input ends with the full list of problems and exit status 2."""
     args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except DataError as error:

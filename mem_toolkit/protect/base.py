@@ -43,6 +43,7 @@ class ProtectConfig:
     surrogate_weight_decay: float = 0.2
     surrogate_model: str = "mem-tiny-rn"
     surrogate_epochs: int = 0  # UAP: epochs of clean training when no surrogate is given
+    surrogate_reset: int = 0  # restart the surrogate every N rounds (0: never, as the official code)
     batch_size: int = 128
     trigger_len: int = 0
     trigger_rounds: int = 0
@@ -120,7 +121,8 @@ class Protector:
         if dataset.image_size != surrogate.image_size:
             raise ValueError(f"dataset images are {dataset.image_size} px but the surrogate takes {surrogate.image_size} px")
         state = _RunState.create(self, dataset, surrogate, work_dir)
-        optimizer = torch.optim.AdamW(parameter_groups(surrogate, c.surrogate_weight_decay), lr=c.surrogate_lr, betas=(0.9, 0.98), eps=1e-6)
+        given_weights = {k: v.clone() for k, v in surrogate.state_dict().items()} if surrogate.pretrained else None
+        optimizer = self._optimizer(surrogate)
         if resume and state.can_resume():
             state.restore(surrogate, optimizer)
         if not state.prepared:
@@ -132,6 +134,10 @@ class Protector:
                       initial=state.rounds_done, total=c.rounds)
         for round_index in rounds:
             record: dict = {"round": round_index + 1}
+            if c.surrogate_reset and round_index and round_index % c.surrogate_reset == 0:
+                self._reset_surrogate(surrogate, given_weights, round_index)
+                optimizer = self._optimizer(surrogate)
+                record["surrogate_reset"] = True
             if c.surrogate_steps:
                 record.update(self._surrogate_step(surrogate, optimizer, view, round_index, progress))
             if c.trigger_len and round_index < c.trigger_rounds:
@@ -143,6 +149,20 @@ class Protector:
             state.checkpoint(surrogate, optimizer)
             rounds.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("surrogate_loss", "pgd_loss_first", "pgd_loss_last")})
         return state.finish()
+
+    def _optimizer(self, surrogate: ClipModel) -> torch.optim.Optimizer:
+        c = self.config
+        return torch.optim.AdamW(parameter_groups(surrogate, c.surrogate_weight_decay), lr=c.surrogate_lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def _reset_surrogate(self, surrogate: ClipModel, given_weights: dict | None, round_index: int) -> None:
+        """Back to the given weights, or a fresh random initialisation (new seed per reset), so the noise
+        is shaped for models early in training, like a hacker starting from scratch."""
+        if given_weights is not None:
+            surrogate.load_state_dict(given_weights)
+            return
+        seed = int(np.random.default_rng([self.config.seed, round_index, 99]).integers(2**31))
+        fresh = create_model(surrogate.name, seed=seed, image_size=surrogate.image_size)
+        surrogate.clip.load_state_dict(fresh.clip.state_dict())
 
     def _allowed_tokens(self, dataset: CaptionDataset, tokenizer) -> torch.Tensor:
         c = self.config
