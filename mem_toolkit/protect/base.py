@@ -50,6 +50,7 @@ class ProtectConfig:
     candidates: int = 16
     beam: int = 1
     trigger_init: str = "random"  # a word repeated k times, or "random" (one random allowed token per position and unit)
+    noise_init: str = "zero"  # zero | uniform | trigger-code (each trigger token at each position adds a fixed blocky pattern)
     exclude_caption_vocab: bool = True
     trigger_vocab_size: int = 0  # 0: every allowed token; N: a seeded random subset of N allowed tokens
     shuffle: bool = False
@@ -265,6 +266,7 @@ class _RunState:
         else:
             noise = np.zeros(shape, dtype=np.int8)
         triggers = _initial_triggers(protector, dataset, surrogate.tokenizer, n_units)
+        _initialise_noise(noise, triggers, dataset, unit_of_row, c)
         config = asdict(c) | {"surrogate_name": surrogate.name, "surrogate_pretrained": surrogate.pretrained}
         protection = Protection(protector.method, noise, triggers, unit_of_row, c.eps, dataset.image_size, dataset.fingerprint(), config)
         return cls(protector, protection, work_dir)
@@ -325,6 +327,38 @@ class _RunState:
         protection = self.protection
         protection.config = protection.config | {"prepare": self.prepare_info}
         return protection
+
+
+NOISE_INITS = ("zero", "uniform", "trigger-code")
+
+
+def _initialise_noise(noise: np.ndarray, triggers: np.ndarray, dataset: CaptionDataset, unit_of_row: np.ndarray, c: ProtectConfig) -> None:
+    """Fill the starting noise in place, unit by unit (the store may be a memory map).
+
+    `trigger-code` makes the noise a code of the trigger from the start: every (position, token) pair
+    owns a fixed random pattern of ε/k-sized 8x8-pixel blocks, and a unit's noise is the sum over
+    its trigger. A fresh model can read such a code linearly, which is what a shortcut needs.
+    """
+    if c.noise_init not in NOISE_INITS:
+        raise ValueError(f"unknown noise_init {c.noise_init!r}; choose from {NOISE_INITS}")
+    if c.noise_init == "zero" or c.eps == 0:
+        return
+    size = noise.shape[1]
+    if c.noise_init == "trigger-code" and triggers.shape[1] == 0:
+        raise ValueError("noise_init='trigger-code' needs a trigger (trigger_len >= 1)")
+    image_of_unit = np.zeros(len(noise), dtype=np.int64)
+    image_of_unit[unit_of_row] = dataset.group_ids
+    blocks = max(1, size // 8)
+    for unit in range(len(noise)):
+        if c.noise_init == "uniform":
+            values = np.random.default_rng([c.seed, unit, 5]).uniform(-c.eps, c.eps, noise.shape[1:])
+        else:
+            values = np.zeros(noise.shape[1:])
+            for position, token in enumerate(triggers[unit]):
+                signs = np.random.default_rng([c.seed, position, int(token), 6]).choice([-1.0, 1.0], size=(blocks, blocks, 3))
+                values += np.kron(signs, np.ones((size // blocks, size // blocks, 1)))[:size, :size] * c.eps / triggers.shape[1]
+        pixels = dataset.images([image_of_unit[unit]])[0].astype(np.int16)
+        noise[unit] = np.clip(np.clip(np.rint(values), -c.eps, c.eps), -pixels, 255 - pixels).astype(np.int8)
 
 
 def _initial_triggers(protector: Protector, dataset: CaptionDataset, tokenizer, n_units: int) -> np.ndarray:
