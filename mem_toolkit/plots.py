@@ -42,6 +42,7 @@ STYLE = {
     "pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none",
 }
 SAVE_FORMATS = (".png", ".pdf", ".svg")
+EXACT_TSNE_POINTS = 500
 _DIRECTIONS = {"i2t": "image→text", "t2i": "text→image"}
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "xgradcam": "XGrad-CAM",
                 "layercam": "LayerCAM", "integrated_gradients": "Integrated Gradients"}
@@ -204,8 +205,10 @@ def tsne_features(model: ClipModel, dataset: PairRows, groups: Sequence[int], se
         model.train(was_training)
     features = torch.cat([image, torch.cat(text)]).numpy()
     point_rows = np.concatenate([rows[distinct], rows])
-    tsne = TSNE(n_components=2, perplexity=min(perplexity, (len(features) - 1) / 3), init="pca",
-                learning_rate="auto", random_state=seed)
+    # Exact gradients for the few hundred points of a figure: faster there than Barnes-Hut, whose
+    # threaded approximation pays off only on thousands of points.
+    tsne = TSNE(n_components=2, perplexity=min(perplexity, (len(features) - 1) / 3), init="pca", learning_rate="auto",
+                method="exact" if len(features) <= EXACT_TSNE_POINTS else "barnes_hut", random_state=seed)
     return TsneEmbedding(
         points=tsne.fit_transform(features),
         modality=np.array(["image"] * len(distinct) + ["text"] * len(rows)),
@@ -391,7 +394,7 @@ def plot_noise_grid(clean: Sequence[np.ndarray], noise: Sequence[np.ndarray], ca
             problems.append(f"example {i}: noise reaches {np.abs(delta.astype(np.int64)).max()} > eps {eps}")
     if problems:
         raise ValueError("cannot draw the noise grid:\n  " + "\n  ".join(problems))
-    rows = ("clean", "protected", f"noise ×{127 / eps:.3g}")
+    rows = ("clean", "protected", f"noise ±{eps:g}/255\n(×{127 / eps:.3g})")
     with paper_style():
         fig = Figure(figsize=(min(PAGE_WIDTH, 1.25 * len(clean) + 0.3), 4.1), layout="constrained")
         axes = fig.subplots(3, len(clean), squeeze=False)

@@ -160,3 +160,5 @@ def test_bad_inputs_are_named():
         explain_image(model, image, torch.zeros(model.context_length, dtype=torch.long))
     with pytest.raises(ValueError, match="trigger_len 9"):
         explain_text(model, image, "a red circle", trigger_len=9)
+    with pytest.raises(ValueError, match="baseline_id 49407"):
+        explain_text(model, image, "a red circle", baseline_id=model.tokenizer.eot)
