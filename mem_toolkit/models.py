@@ -106,8 +106,14 @@ def create_model(
     With no weights the model is initialised from `seed` (so the same seed gives the same model);
     `image_size` overrides the config's input size (e.g. a bundled tiny model at 224 px).
     """
-    if seed is not None:
+    if seed is None:
+        return _create_model(name, pretrained, device, image_size)
+    with torch.random.fork_rng(devices=[]):  # seeding the init must not reseed the caller's global generator
         torch.manual_seed(seed)
+        return _create_model(name, pretrained, device, image_size)
+
+
+def _create_model(name: str, pretrained, device, image_size: int | None) -> ClipModel:
     tokenizer_check(name)
     weights = str(pretrained) if pretrained is not None else None
     if weights is not None and weights.endswith(".safetensors"):
