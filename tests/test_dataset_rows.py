@@ -1,0 +1,26 @@
+"""`CaptionDataset.with_rows` (new rows over the same decoded images) and `select_images`, which now uses it."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from mem_toolkit.data.loaders import load_caption_csv
+
+
+def test_with_rows_carries_decoded_pixels_without_decoding_again(tmp_path):
+    for i, colour in enumerate(((250, 0, 0), (0, 250, 0), (0, 0, 250))):
+        Image.new("RGB", (40, 30), colour).save(tmp_path / f"{i}.png")
+    (tmp_path / "captions.csv").write_text("image,caption\n0.png,red\n1.png,green\n1.png,grass\n2.png,blue\n")
+    dataset = load_caption_csv(tmp_path / "captions.csv", 16).preload(progress=False)
+    before = dataset.images([0, 1, 2])
+    for i in range(3):
+        (tmp_path / f"{i}.png").unlink()  # from here on, only the cache can answer
+    relabelled = dataset.with_rows(["the blue one", "the red one", "red again"], [0, 1, 1], groups=[2, 0], name="relabelled")
+    assert relabelled.n_images == 2 and len(relabelled) == 3 and relabelled.name == "relabelled"
+    assert relabelled.image_keys == [dataset.image_keys[2], dataset.image_keys[0]]
+    assert np.array_equal(relabelled.images([0, 1]), before[[2, 0]])
+    same = dataset.with_rows(["a", "b", "c"], [2, 1, 0])
+    assert np.array_equal(same.images([0, 1, 2]), before) and same.captions == ["a", "b", "c"]
+    selected = dataset.select_images([1])
+    assert selected.captions == ["green", "grass"] and list(selected.group_ids) == [0, 0]
+    assert np.array_equal(selected.images([0]), before[[1]])
