@@ -24,3 +24,14 @@ def test_with_rows_carries_decoded_pixels_without_decoding_again(tmp_path):
     selected = dataset.select_images([1])
     assert selected.captions == ["green", "grass"] and list(selected.group_ids) == [0, 0]
     assert np.array_equal(selected.images([0]), before[[1]])
+
+
+def test_preload_keeps_the_rows_the_loader_skipped(tmp_path):
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "good.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "captions.csv").write_text("image,caption\ngood.png,fine\nmissing.png,gone\ncorrupt.png,broken\n")
+    listed = load_caption_csv(tmp_path / "captions.csv", 8, skip_bad=True)
+    assert [p.message.split(":")[0] for p in listed.skipped] == ["image file not found"]
+    decoded = listed.preload(progress=False, skip_bad=True)
+    assert decoded.captions == ["fine"]
+    assert len(decoded.skipped) == 2 and "missing.png" in str(decoded.skipped[0]) and "corrupt.png" in str(decoded.skipped[1])

@@ -89,8 +89,9 @@ class CaptionDataset:
     def preload(self, progress: bool = True, skip_bad: bool = False) -> "CaptionDataset":
         """Decode every image once (with progress), reporting all unreadable files together.
 
-        With `skip_bad`, rows of unreadable images are dropped and a new dataset is returned; the
-        dropped files are listed in `self.skipped`. Images decoded before an error stay cached.
+        With `skip_bad`, rows of unreadable images are dropped and a new dataset is returned; its
+        `skipped` lists the dropped files after whatever the loader skipped already. Images
+        decoded before an error stay cached.
         """
         missing = np.flatnonzero(~self._loaded)
         bad = self._decode(missing, progress=progress, skip_bad=skip_bad) if len(missing) else []
@@ -98,7 +99,7 @@ class CaptionDataset:
             return self
         keep_groups = np.setdiff1d(np.arange(self.n_images), [g for g, _ in bad])
         kept = self.select_images(keep_groups)
-        kept.skipped = [problem for _, problem in bad]
+        kept.skipped = list(getattr(self, "skipped", [])) + [problem for _, problem in bad]
         return kept
 
     def _decode(self, groups: np.ndarray, progress: bool, skip_bad: bool) -> list[tuple[int, Problem]]:

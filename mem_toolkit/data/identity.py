@@ -251,7 +251,7 @@ def _read_photos(labelled: list[tuple[str, str, Path, str, str]], image_size: in
     listed = build_dataset([(where, label, image, src) for where, label, image, src, _ in labelled], image_size, name,
                            skip_bad=True, problems=problems, cache_dir=cache_dir)
     decoded = listed.preload(progress=progress, skip_bad=True)
-    problems = list(listed.skipped) + (list(decoded.skipped) if decoded is not listed else [])
+    problems = list(decoded.skipped)  # rows left out by the listing checks, then files that do not decode
     label_of_image = [""] * decoded.n_images
     for caption, group in zip(decoded.captions, decoded.group_ids):
         label_of_image[group] = caption
