@@ -217,11 +217,8 @@ def _draw_hair_front(pen: _Pen, t: FaceTraits, w: float, h: float) -> None:
 def _draw_eyes_and_brows(pen: _Pen, t: FaceTraits, p: PhotoConditions, w: float, h: float, turn: float) -> None:
     size = t.eye_size * w
     y = t.eye_height * h
-    brow = _shade(t.hair_colour, 0.8) if t.hair_style not in ("bald",) else _shade(t.skin, 0.5)
-    if p.expression == "open":
-        y_brow_lift = 0.04 * h
-    else:
-        y_brow_lift = 0.0
+    brow = _shade(t.hair_colour, 0.8) if t.hair_style != "bald" else _shade(t.skin, 0.5)
+    brow_lift = 0.04 * h if p.expression == "open" else 0.0  # surprise raises the eyebrows
     for side in (-1, 1):
         cx = side * t.eye_spacing * w + turn * 0.8
         squeeze = 1 - 0.35 * max(0.0, side * p.yaw)  # the eye turning away looks narrower
@@ -233,7 +230,7 @@ def _draw_eyes_and_brows(pen: _Pen, t: FaceTraits, p: PhotoConditions, w: float,
             pen.ellipse(iris, y, size * 0.5, size * 0.5, fill=t.eye_colour)
             pen.ellipse(iris, y, size * 0.22, size * 0.22, fill=(15, 15, 15))
             pen.line([(cx - size * squeeze, y - size * 0.3), (cx, y - size * 0.58), (cx + size * squeeze, y - size * 0.3)], _shade(t.skin, 0.45), 0.008)
-        by = y - t.brow_gap * h - y_brow_lift
+        by = y - t.brow_gap * h - brow_lift
         inner, outer = cx - side * size * 0.9, cx + side * size * 1.2
         slant = t.brow_slant * size
         pen.line([(inner, by + slant), ((inner + outer) / 2, by - size * 0.15), (outer, by - slant * 0.3)], brow, t.brow_thickness * w)
@@ -242,7 +239,7 @@ def _draw_eyes_and_brows(pen: _Pen, t: FaceTraits, p: PhotoConditions, w: float,
 def _draw_mouth(pen: _Pen, t: FaceTraits, p: PhotoConditions, w: float, h: float, turn: float) -> None:
     cx, cy, half = turn * 0.9, t.mouth_height * h, t.mouth_width * w
     if p.expression == "smile":
-        upper = [(cx + x, cy - 0.06 * h * (1 - (x / half) ** 2) * 0.2 - 0.04 * h * (x / half) ** 2) for x in np.linspace(-half, half, 9)]
+        upper = [(cx + x, cy - 0.012 * h * (1 - (x / half) ** 2) - 0.04 * h * (x / half) ** 2) for x in np.linspace(-half, half, 9)]
         lower = [(cx + x, cy + 0.09 * h * (1 - (x / half) ** 2)) for x in np.linspace(half, -half, 9)]
         pen.polygon(upper + lower, (250, 248, 240))
         pen.line(upper, t.lip_colour, 0.012)
