@@ -98,7 +98,7 @@ def sample_traits(rng: np.random.Generator) -> FaceTraits:
     mole = (float(rng.uniform(-0.6, 0.6)), float(rng.uniform(0.05, 0.6))) if rng.random() < 0.3 else None
     freckles = tuple((float(rng.uniform(-0.75, 0.75)), float(rng.uniform(0.0, 0.3))) for _ in range(10)) if rng.random() < 0.15 else ()
     return FaceTraits(
-        width=float(rng.uniform(0.21, 0.27)), height_ratio=float(rng.uniform(1.18, 1.45)), jaw=float(rng.uniform(1.6, 3.4)),
+        width=float(rng.uniform(0.26, 0.32)), height_ratio=float(rng.uniform(1.18, 1.45)), jaw=float(rng.uniform(1.6, 3.4)),
         skin=skin, hair_colour=hair, hair_style=str(rng.choice(HAIR_STYLES, p=(0.17, 0.08, 0.12, 0.1, 0.11, 0.16, 0.1, 0.08, 0.08))),
         hair_length=float(rng.uniform(0.3, 1.4)), hairline=float(rng.uniform(0.5, 0.75)), parting=float(rng.uniform(-0.18, 0.18)),
         eye_colour=_jitter(rng, EYE_COLOURS[rng.integers(len(EYE_COLOURS))], 8), eye_spacing=float(rng.uniform(0.34, 0.5)),
@@ -133,7 +133,7 @@ class _Pen:
     def __init__(self, image: Image.Image, photo: PhotoConditions) -> None:
         self.draw = ImageDraw.Draw(image, "RGBA")
         self.size = image.size[0]
-        self.centre = (0.5 + photo.shift[0], 0.45 + photo.shift[1])
+        self.centre = (0.5 + photo.shift[0], 0.47 + photo.shift[1])
         self.scale = photo.scale
         self.cos, self.sin = math.cos(math.radians(photo.tilt)), math.sin(math.radians(photo.tilt))
 
