@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from mem_toolkit.cli import main
 from mem_toolkit.data.faces import make_faces
@@ -13,8 +14,17 @@ from mem_toolkit.models import create_model
 from mem_toolkit.train import TrainConfig, train_clip
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, spinning thread pools make this run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_a_tiny_clip_identifies_test_people_above_chance():
+def test_a_tiny_clip_identifies_test_people_above_chance(one_thread):
     data = make_faces(16, 6, 64, seed=0)
     model = create_model("mem-tiny-rn", seed=0)
     untrained = evaluate_faces(model, data)["identification"]
