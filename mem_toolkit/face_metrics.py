@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .data.identity import NEUTRAL_TEMPLATE, FaceData
 from .evaluate import encode_dataset
-from .metrics import random_guess_metrics, retrieval_metrics
+from .metrics import random_guess_metrics, recall_at, retrieval_metrics
 from .models import ClipModel
 
 TOP_KS = (1, 5)
@@ -41,7 +41,7 @@ def identification_metrics(image_features, name_features, identity, ks: Sequence
     tied = (scores == positive).sum(1).double() - 1  # other names scoring exactly as the true one
     out = {}
     for k in ks:
-        out[f"top{k}"] = float(((k - above) / (tied + 1)).clamp(0, 1).mean() * 100)
+        out[f"top{k}"] = recall_at(above, tied, k)
     out["mean_rank"] = float((above + 1 + tied / 2).mean())
     for k in ks:
         out[f"chance_top{k}"] = 100.0 * min(k, n_people) / n_people
