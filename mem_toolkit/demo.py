@@ -6,9 +6,11 @@ tokens. All stages are cached in the output folder, so an interrupted demo resum
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,8 @@ from tqdm.auto import tqdm
 from .data.shapes import make_shapes_split
 from .experiment import ArmResult, results_table, run_arm
 from .metrics import random_guess_metrics
-from .protect import EM, MEM, UAP, Protection, StrippedView, random_id_protection
+from .protect import EM, MEM, UAP, ProtectConfig, Protection, StrippedView, random_id_protection
+from .protect.base import ResumeMismatch
 from .text import CaptionTokenizer
 from .train import TrainConfig, write_json
 
@@ -59,16 +62,29 @@ PRESETS: dict[str, DemoPreset] = {
     ),
 }
 
+PROTECT_FIELDS = [f.name for f in fields(ProtectConfig)]
 METHOD_ORDER = ["clean", "uap", "em", "mem-3", "mem-5", "mem-3-trigger-only", "mem-3-noise-only", "random-id-trigger", "mem-3-stripped"]
 
 
-def _protect(name: str, protector, train, folder: Path, progress: bool) -> Protection:
-    """Load a finished protection from `folder`, or make it (resuming an interrupted run) and save it."""
+def protect_cached(protector, train, folder: Path, progress: bool = True) -> Protection:
+    """Load the protection in `folder` if it was made with the same settings; else make it (resuming) and save it."""
     if (folder / "protection.json").exists():
-        return Protection.load(folder, train)
-    protection = protector.fit(train, work_dir=folder / "work", resume=True, progress=progress)
+        protection = Protection.load(folder, train)
+        if settings_key(protection.config) == settings_key(asdict(protector.config)):
+            return protection
+        shutil.rmtree(folder)  # made with other settings
+    try:
+        protection = protector.fit(train, work_dir=folder / "work", resume=True, progress=progress)
+    except ResumeMismatch:
+        shutil.rmtree(folder / "work")  # an interrupted run with other settings: start afresh
+        protection = protector.fit(train, work_dir=folder / "work", progress=progress)
     protection.save(folder)
     return protection
+
+
+def settings_key(config: dict) -> str:
+    """The protection settings alone (not provenance), as a comparable string."""
+    return json.dumps({name: config.get(name) for name in PROTECT_FIELDS}, sort_keys=True)
 
 
 def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", progress: bool = True, device: str = "auto") -> dict:
@@ -90,32 +106,34 @@ def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", pro
     protections = {}
     for name, protector in protectors.items():
         clock = time.perf_counter()
-        protections[name] = _protect(name, protector, train, out / "protections" / name, progress)
+        protections[name] = protect_cached(protector, train, out / "protections" / name, progress)
         stages[f"protect {name}"] = time.perf_counter() - clock
     mem3 = protections["mem-3"]
     random_id = random_id_protection(train, 3, seed=preset.seed, vocab_size=preset.mem.get("trigger_vocab_size", 0))
 
+    keyed = lambda p, variant="": f"{p.method}:{settings_key(p.config)}:{p.fingerprint}{variant}"  # noqa: E731
     arms = {
-        "clean": train,
-        "uap": protections["uap"].apply(train),
-        "em": protections["em"].apply(train),
-        "mem-3": mem3.apply(train),
-        "mem-5": protections["mem-5"].apply(train),
-        "mem-3-trigger-only": mem3.apply(train, noise=False),
-        "mem-3-noise-only": mem3.apply(train, trigger=False),
-        "random-id-trigger": random_id.apply(train),
+        "clean": (train, f"clean:{train.fingerprint()}"),
+        "uap": (protections["uap"].apply(train), keyed(protections["uap"])),
+        "em": (protections["em"].apply(train), keyed(protections["em"])),
+        "mem-3": (mem3.apply(train), keyed(mem3)),
+        "mem-5": (protections["mem-5"].apply(train), keyed(protections["mem-5"])),
+        "mem-3-trigger-only": (mem3.apply(train, noise=False), keyed(mem3, ":trigger-only")),
+        "mem-3-noise-only": (mem3.apply(train, trigger=False), keyed(mem3, ":noise-only")),
+        "random-id-trigger": (random_id.apply(train), f"random-id:{json.dumps(random_id.config, sort_keys=True)}:{train.fingerprint()}"),
     }
     config = preset.hacker_config()
     results: dict[str, ArmResult] = {}
-    for name, data in tqdm(arms.items(), desc="hackers", disable=not progress, unit="hacker"):
-        results[name] = run_arm(name, data, test, config, out / "hackers", preset.hacker_model, device, progress)
+    for name, (data, key) in tqdm(arms.items(), desc="hackers", disable=not progress, unit="hacker"):
+        results[name] = run_arm(name, data, test, config, out / "hackers", preset.hacker_model, device, progress, data_key=key)
         stages[f"hacker {name}"] = results[name].seconds
     stripped = StrippedView(mem3.apply(train), 3)
-    if _same_training_data(stripped, arms["mem-3-noise-only"], train, config.batch_size):
+    if _same_training_data(stripped, arms["mem-3-noise-only"][0], train, config.batch_size):
         results["mem-3-stripped"] = ArmResult("mem-3-stripped", results["mem-3-noise-only"].history, 0.0,
                                               note="stripping the 3 trigger tokens gives exactly the noise-only training data (checked token by token)")
     else:
-        results["mem-3-stripped"] = run_arm("mem-3-stripped", stripped, test, config, out / "hackers", preset.hacker_model, device, progress)
+        results["mem-3-stripped"] = run_arm("mem-3-stripped", stripped, test, config, out / "hackers", preset.hacker_model, device, progress,
+                                            data_key=keyed(mem3, ":stripped3"))
     return _write_results(out, preset, results, protections, train, test, stages)
 
 

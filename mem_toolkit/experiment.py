@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data.dataset import CaptionDataset
 from .metrics import random_guess_metrics
 from .models import create_model, resolve_device
-from .train import History, PairSource, TrainConfig, train_run
+from .train import History, PairSource, TrainConfig, train_run, write_json
 
 TABLE_COLUMNS = [("i2t", "R@1"), ("i2t", "R@5"), ("i2t", "R@10"), ("i2t", "MedR"), ("t2i", "R@1"), ("t2i", "R@5"), ("t2i", "R@10"), ("t2i", "MedR")]
 
@@ -42,19 +43,29 @@ def run_arm(
     model_name: str = "mem-tiny-rn",
     device: str = "auto",
     progress: bool = True,
+    data_key: str = "",
 ) -> ArmResult:
-    """Train a fresh hacker `model_name` on `train_data` (resuming or reusing a finished run in `out_dir/name`)."""
+    """Train a fresh hacker `model_name` on `train_data` in `out_dir/name`, resuming or reusing a finished run.
+
+    A finished or interrupted run is reused only if it had the same hacker, budget and `data_key`
+    (a name for the training data, e.g. the protection's settings); otherwise it starts afresh.
+    """
     folder = Path(out_dir) / name
-    timing = folder / "timing.json"
-    if (folder / "history.json").exists() and timing.exists():
-        history = History.load(folder / "history.json")
-        if len(history.epochs) == config.epochs and history.config == json.loads(json.dumps(config.__dict__)):
-            return ArmResult(name, history, json.loads(timing.read_text())["seconds"])
+    record_path = folder / "arm.json"
+    record = {"model": model_name, "config": json.loads(json.dumps(asdict(config))), "data_key": data_key}
+    previous = json.loads(record_path.read_text()) if record_path.exists() else None
+    if previous is not None and {k: previous.get(k) for k in record} == record:
+        if previous.get("seconds") is not None:
+            return ArmResult(name, History.load(folder / "history.json"), previous["seconds"])
+    elif folder.exists():
+        shutil.rmtree(folder)  # another hacker, budget or training set: nothing here can be reused
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(record_path, record | {"seconds": None})
     started = time.perf_counter()
     model = create_model(model_name, device=resolve_device(device), seed=config.seed)
     history = train_run(model, train_data, test, config, folder, resume=True, progress=progress, description=name)
     seconds = time.perf_counter() - started
-    timing.write_text(json.dumps({"seconds": seconds}))
+    write_json(record_path, record | {"seconds": seconds})
     return ArmResult(name, history, seconds)
 
 

@@ -63,3 +63,26 @@ def test_ordering_checks_follow_the_issue_targets():
     assert not checks["i2t: MEM-3 < EM < UAP < clean (R@1)"]
     assert not checks["t2i: MEM-5 <= MEM-3 + 2 points (R@1)"]
     assert checks["i2t: clean R@10 >= 50 %"]
+
+
+def test_cached_arms_and_protections_are_reused_only_for_the_same_inputs(tiny_shapes, tmp_path):
+    import json
+
+    from mem_toolkit.demo import protect_cached
+    from mem_toolkit.experiment import run_arm
+    from mem_toolkit.protect import EM
+    from mem_toolkit.train import TrainConfig
+
+    small = tiny_shapes.select_images(range(16))
+    config = TrainConfig(epochs=1, batch_size=16)
+    first = run_arm("arm", small, small, config, tmp_path, data_key="a", progress=False)
+    assert run_arm("arm", small, small, config, tmp_path, data_key="a", progress=False).seconds == first.seconds
+    other = run_arm("arm", small, small, config, tmp_path, data_key="b", progress=False)
+    assert other.seconds != first.seconds and json.loads((tmp_path / "arm" / "arm.json").read_text())["data_key"] == "b"
+
+    settings = dict(rounds=1, surrogate_steps=1, pgd_steps=1, batch_size=16)
+    made = protect_cached(EM(**settings), small, tmp_path / "em", progress=False)
+    again = protect_cached(EM(**settings), small, tmp_path / "em", progress=False)
+    assert np.array_equal(made.noise, again.noise)
+    changed = protect_cached(EM(**(settings | {"eps": 3})), small, tmp_path / "em", progress=False)
+    assert changed.eps == 3 and np.abs(changed.noise).max() <= 3

@@ -30,6 +30,10 @@ from .sharing import sharing_units, sweep_rows
 from .vocabulary import allowed_trigger_tokens
 
 
+class ResumeMismatch(ValueError):
+    """A checkpoint exists but was made for another dataset or with other settings."""
+
+
 @dataclass
 class ProtectConfig:
     """Every setting of a protection run (ε and step sizes in 1/255 units)."""
@@ -302,9 +306,9 @@ class _RunState:
     def restore(self, surrogate: ClipModel, optimizer) -> None:
         tensors, info = load_state(self.state_path)
         if info["fingerprint"] != self.protection.fingerprint:
-            raise ValueError(f"cannot resume from {self.state_path}: it was made for another dataset")
+            raise ResumeMismatch(f"cannot resume from {self.state_path}: it was made for another dataset")
         if json.loads(json.dumps(info["config"])) != json.loads(json.dumps(self.protection.config)):
-            raise ValueError(f"cannot resume from {self.state_path}: its settings differ from this run's")
+            raise ResumeMismatch(f"cannot resume from {self.state_path}: its settings differ from this run's")
         surrogate.clip.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         restore_optimizer(optimizer, tensors, info["optimizer"])
         self.protection.triggers[:] = tensors["triggers"].numpy()
