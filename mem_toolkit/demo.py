@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.shapes import make_shapes_split
-from .experiment import ArmResult, results_table, run_arm
+from .experiment import ArmResult, protect_cached, results_table, run_arm
 from .protect import EM, MEM, UAP, Protection, StrippedView, random_id_protection
 from .text import CaptionTokenizer
 from .train import TrainConfig, write_json
@@ -61,15 +61,6 @@ PRESETS: dict[str, DemoPreset] = {
 METHOD_ORDER = ["clean", "uap", "em", "mem-3", "mem-5", "mem-3-trigger-only", "mem-3-noise-only", "random-id-trigger", "mem-3-stripped"]
 
 
-def _protect(name: str, protector, train, folder: Path, progress: bool) -> Protection:
-    """Load a finished protection from `folder`, or make it (resuming an interrupted run) and save it."""
-    if (folder / "protection.json").exists():
-        return Protection.load(folder, train)
-    protection = protector.fit(train, work_dir=folder / "work", resume=True, progress=progress)
-    protection.save(folder)
-    return protection
-
-
 def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", progress: bool = True, device: str = "auto") -> dict:
     """Run the whole demo into `out_dir` (results.json, results.md, figures); returns the results dict."""
     preset = PRESETS[preset] if isinstance(preset, str) else preset
@@ -89,7 +80,7 @@ def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", pro
     protections = {}
     for name, protector in protectors.items():
         clock = time.perf_counter()
-        protections[name] = _protect(name, protector, train, out / "protections" / name, progress)
+        protections[name] = protect_cached(protector, train, out / "protections" / name, progress)
         stages[f"protect {name}"] = time.perf_counter() - clock
     mem3 = protections["mem-3"]
     random_id = random_id_protection(train, 3, seed=preset.seed, vocab_size=preset.mem.get("trigger_vocab_size", 0))

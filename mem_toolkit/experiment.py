@@ -14,6 +14,7 @@ from pathlib import Path
 from .data.dataset import CaptionDataset
 from .metrics import random_guess_metrics
 from .models import create_model, resolve_device
+from .protect import Protection, Protector
 from .train import History, PairSource, TrainConfig, train_run
 
 TABLE_COLUMNS = [("i2t", "R@1"), ("i2t", "R@5"), ("i2t", "R@10"), ("i2t", "MedR"), ("t2i", "R@1"), ("t2i", "R@5"), ("t2i", "R@10"), ("t2i", "MedR")]
@@ -27,6 +28,7 @@ class ArmResult:
     history: History
     seconds: float
     note: str = ""
+    folder: Path | None = None  # the run folder (model.safetensors, history.json), None for a derived row
 
     @property
     def final(self) -> dict:
@@ -49,13 +51,33 @@ def run_arm(
     if (folder / "history.json").exists() and timing.exists():
         history = History.load(folder / "history.json")
         if len(history.epochs) == config.epochs and history.config == json.loads(json.dumps(config.__dict__)):
-            return ArmResult(name, history, json.loads(timing.read_text())["seconds"])
+            return ArmResult(name, history, json.loads(timing.read_text())["seconds"], folder=folder)
     started = time.perf_counter()
     model = create_model(model_name, device=resolve_device(device), seed=config.seed)
     history = train_run(model, train_data, test, config, folder, resume=True, progress=progress, description=name)
     seconds = time.perf_counter() - started
     timing.write_text(json.dumps({"seconds": seconds}))
-    return ArmResult(name, history, seconds)
+    return ArmResult(name, history, seconds, folder=folder)
+
+
+def protect_cached(protector: Protector, dataset: CaptionDataset, folder: str | os.PathLike, progress: bool = True) -> Protection:
+    """Load the protection saved in `folder`, or make it (resuming an interrupted run) and save it there.
+
+    A saved protection made with other settings is refused, naming the settings that differ, rather
+    than silently reused.
+    """
+    folder = Path(folder)
+    if not (folder / "protection.json").exists():
+        protection = protector.fit(dataset, work_dir=folder / "work", resume=True, progress=progress)
+        protection.save(folder)
+        return protection
+    protection = Protection.load(folder, dataset)
+    wanted = json.loads(json.dumps(protector.get_params()))
+    differ = sorted(k for k, v in wanted.items() if protection.config.get(k) != v)
+    if differ:
+        raise ValueError(f"{folder} holds a protection made with other settings ({', '.join(f'{k}: {protection.config.get(k)!r} there, {wanted[k]!r} now' for k in differ)}); "
+                         "delete the folder or choose another")
+    return protection
 
 
 def results_table(results: dict[str, dict], test: CaptionDataset, title: str = "") -> str:
