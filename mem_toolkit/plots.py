@@ -370,8 +370,9 @@ def _of_modality(explanations, modality: str) -> list:
 
 # -- protected examples ----------------------------------------------------------------------------
 def amplify_noise(noise: np.ndarray, eps: float) -> np.ndarray:
-    """Visible uint8 picture of int8 noise in [-eps, eps] (pixel units): -eps -> 1, 0 -> 128, +eps -> 255."""
-    return np.clip(np.rint(noise.astype(np.float64) * (127 / eps) + 128), 0, 255).astype(np.uint8)
+    """Visible uint8 picture of int8 noise in [-eps, eps] (pixel units): -eps -> 1, 0 -> 128, +eps -> 255 (all 128 for eps 0)."""
+    gain = 127 / eps if eps else 0.0
+    return np.clip(np.rint(noise.astype(np.float64) * gain + 128), 0, 255).astype(np.uint8)
 
 
 def plot_noise_grid(clean: Sequence[np.ndarray], noise: Sequence[np.ndarray], captions: Sequence[str], eps: float = 8,
@@ -394,7 +395,7 @@ def plot_noise_grid(clean: Sequence[np.ndarray], noise: Sequence[np.ndarray], ca
             problems.append(f"example {i}: noise reaches {np.abs(delta.astype(np.int64)).max()} > eps {eps}")
     if problems:
         raise ValueError("cannot draw the noise grid:\n  " + "\n  ".join(problems))
-    rows = ("clean", "protected", f"noise ±{eps:g}/255\n(×{127 / eps:.3g})")
+    rows = ("clean", "protected", f"noise ±{eps:g}/255\n(×{127 / eps:.3g})" if eps else "noise (none: ε = 0)")
     with paper_style():
         fig = Figure(figsize=(min(PAGE_WIDTH, 1.25 * len(clean) + 0.3), 4.1), layout="constrained")
         axes = fig.subplots(3, len(clean), squeeze=False)
