@@ -10,6 +10,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
+
+import numpy as np
 
 from .data.dataset import CaptionDataset
 from .metrics import random_guess_metrics
@@ -80,15 +83,21 @@ def protect_cached(protector: Protector, dataset: CaptionDataset, folder: str | 
     return protection
 
 
-def results_table(results: dict[str, dict], test: CaptionDataset, title: str = "") -> str:
-    """Markdown table in the paper's layout (i2t and t2i R@1/5/10 and MedR) with a random-guess row."""
-    import numpy as np
+def random_guess(test: CaptionDataset) -> dict[str, float]:
+    """Exact random-guess metrics for the shape of a test set (its captions per image)."""
+    return random_guess_metrics(np.bincount(test.group_ids, minlength=test.n_images))
 
-    random = random_guess_metrics(np.bincount(test.group_ids, minlength=test.n_images))
+
+def results_table(results: Mapping[str, Mapping | History | ArmResult], test: CaptionDataset, title: str = "") -> str:
+    """Markdown table in the paper's layout (i2t and t2i R@1/5/10 and MedR) with a random-guess row.
+
+    Each result is a metrics dict, or a History / ArmResult whose final epoch is used.
+    """
     head = "| method | " + " | ".join(f"{d} {m}" for d, m in TABLE_COLUMNS) + " |"
     rule = "|---|" + "---:|" * len(TABLE_COLUMNS)
     lines = ([f"**{title}**", ""] if title else []) + [head, rule]
-    for name, metrics in list(results.items()) + [("random guess", random)]:
+    for name, result in list(results.items()) + [("random guess", random_guess(test))]:
+        metrics = result.final if isinstance(result, (History, ArmResult)) else result
         cells = [f"{metrics[f'{d}_{m}']:.0f}" if m == "MedR" else f"{metrics[f'{d}_{m}']:.1f}" for d, m in TABLE_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

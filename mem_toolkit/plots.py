@@ -31,6 +31,7 @@ from .train import History
 if TYPE_CHECKING:
     from .explain import Explanation
     from .models import ClipModel
+    from .protect import Protection
 
 COLUMN_WIDTH = 3.33  # inches: one column of a two-column paper (ACM, IEEE)
 PAGE_WIDTH = 7.0  # inches: the full text width
@@ -410,6 +411,21 @@ def plot_noise_grid(clean: Sequence[np.ndarray], noise: Sequence[np.ndarray], ca
             axes[0, column].set_title(_wrap(caption, 22), fontsize=6.5)
     return _finish(fig, save)
 
+
+
+def plot_protection(protection: Protection, dataset, rows: Sequence[int] | int = 4, save: str | os.PathLike | None = None) -> Figure:
+    """`plot_noise_grid` of some rows of a protected dataset: clean image, protected image, amplified noise, published caption.
+
+    `rows`: dataset rows, or a number n for the first caption of each of the first n images.
+    """
+    protection.check_fits(dataset)
+    if isinstance(rows, int):
+        rows = [group_rows[0] for group_rows in dataset.rows_of_group()[:rows]]
+    rows = np.asarray(rows, dtype=np.int64)
+    clean = dataset.images(dataset.group_ids[rows])
+    noise = np.asarray(protection.noise[protection.unit_of_row[rows]])
+    captions = [protection.published_caption(dataset, int(row)) for row in rows]
+    return plot_noise_grid(list(clean), list(noise), captions, eps=protection.eps, save=save)
 
 # -- helpers ---------------------------------------------------------------------------------------
 def _colours(n: int) -> list:

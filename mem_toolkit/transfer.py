@@ -17,8 +17,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from .data.dataset import CaptionDataset
-from .experiment import results_table
-from .metrics import random_guess_metrics
+from .experiment import random_guess, results_table
 from .plots import COLUMN_WIDTH, metric_label, paper_style, save_figure
 from .protect import Protector
 from .train import TrainConfig, write_json
@@ -144,8 +143,7 @@ def run_transfer(
     detail_rows = {f"hacker {h} on clean data": clean[h] for h in hackers}
     detail_rows |= {f"hacker {h}, {protector.method} by surrogate {s}": protected[s][h] for s in surrogates for h in hackers}
     detail = results_table(detail_rows, test, f"Every run: hackers trained from scratch for {config.epochs} epochs")
-    counts = np.bincount(test.group_ids, minlength=test.n_images)
-    return TransferResult(protector.method, surrogates, hackers, protected, clean, random_guess_metrics(counts), test.n_images, len(test),
+    return TransferResult(protector.method, surrogates, hackers, protected, clean, random_guess(test), test.n_images, len(test),
                           detail, {"protector": params, "train": asdict(config)}, seconds)
 
 
