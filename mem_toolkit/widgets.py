@@ -134,7 +134,8 @@ class ProtectionExplorer:
             widgets.HBox([self.eps, self.k]),
             widgets.HBox([self.progress, self.status]),
             self.captions,
-            widgets.HBox([self.images, self.table]),
+            self.table,
+            self.images,
             self.curves,
             log_box,
         ])
@@ -283,8 +284,9 @@ def markdown_table_html(markdown: str) -> str:
             if line.startswith("|") and not set(line) <= set("|-: ")]
     if not rows:
         raise ValueError("no markdown table found")
-    head = "".join(f"<th>{cell}</th>" for cell in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows[1:])
+    cell_style = 'style="padding:1px 8px;text-align:right;white-space:nowrap"'
+    head = "".join(f"<th {cell_style}>{cell}</th>" for cell in rows[0])
+    body = "".join("<tr>" + "".join(f"<td {cell_style}>{cell}</td>" for cell in row) + "</tr>" for row in rows[1:])
     caption = f"<caption>{html.escape(title)}</caption>" if title else ""
     return f'<table style="border-collapse:collapse;font-size:90%">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 

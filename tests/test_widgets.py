@@ -36,7 +36,7 @@ def _trigger_counts(captions_html: str) -> list[int]:
 
 
 def _table_rows(table_html: str) -> list[str]:
-    return re.findall(r"<tr><td>(.*?)</td>", table_html)
+    return re.findall(r"<tr><td\b[^>]*>(.*?)</td>", table_html)
 
 
 def test_controls_keys_and_css_classes(explorer):
@@ -103,5 +103,5 @@ def test_failures_are_shown_in_the_explorer(data):
 
 def test_markdown_table_html_keeps_title_header_and_rows():
     table = markdown_table_html("**T <1>**\n\n| a | b |\n|---|---:|\n| x | 1 |\n| y | 2 |")
-    assert "<caption>T &lt;1&gt;</caption>" in table and "<th>a</th><th>b</th>" in table
+    assert "<caption>T &lt;1&gt;</caption>" in table and re.findall(r"<th\b[^>]*>(.*?)</th>", table) == ["a", "b"]
     assert _table_rows(table) == ["x", "y"]
