@@ -6,6 +6,7 @@ and evaluated on the clean test set. The table has one row per surrogate, one co
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ class TransferResult:
     n_images: int
     n_captions: int
     detail: str = ""  # every run in the paper's layout (experiment.results_table)
-    settings: dict = field(default_factory=dict)  # protector and hacker training settings
+    settings: dict = field(default_factory=dict)  # protector and hacker training settings, as JSON
     seconds: dict[str, float] = field(default_factory=dict)
 
     def rows(self) -> dict[str, dict[str, dict[str, float]]]:
@@ -144,7 +145,7 @@ def run_transfer(
     detail_rows |= {f"hacker {h}, {protector.method} by surrogate {s}": protected[s][h] for s in surrogates for h in hackers}
     detail = results_table(detail_rows, test, f"Every run: hackers trained from scratch for {config.epochs} epochs")
     return TransferResult(protector.method, surrogates, hackers, protected, clean, random_guess(test), test.n_images, len(test),
-                          detail, {"protector": params, "train": asdict(config)}, seconds)
+                          detail, json.loads(json.dumps({"protector": params, "train": asdict(config)})), seconds)
 
 
 def check_architectures(names: Sequence[str], image_size: int) -> None:
