@@ -66,7 +66,8 @@ def execute_notebook(
     notebook = nbformat.read(source, as_version=4)
     environment = dict(os.environ) | {FAST_ENV: "1" if fast else "0"} | dict(env or {})
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [_TOOLKIT_ROOT, environment.get("PYTHONPATH")]))
-    client = NotebookClient(notebook, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": str(source.parent)}})
+    client = NotebookClient(notebook, timeout=timeout, startup_timeout=180, kernel_name=kernel_name,  # a busy machine starts kernels slowly
+                            resources={"metadata": {"path": str(source.parent)}})
     started, error = time.perf_counter(), None
     try:
         client.execute(env=environment)

@@ -42,6 +42,7 @@ DEFAULT_SETTINGS: dict[str, dict] = {
     "UAP": dict(surrogate_epochs=1, pgd_steps=3, batch_size=100),
 }
 MAX_EPS, MAX_TRIGGER_LEN = 16, 8
+CONTROLLED = ("eps", "trigger_len", "seed", "device")  # set by the controls and the explorer, never by per-method settings
 # CSS classes on the widgets, stable for browser tests and custom styling.
 CSS = {name: f"mem-explorer-{name}" for name in
        ("root", "method", "eps", "k", "run", "progress", "status", "captions", "images", "table", "curves", "log")}
@@ -96,6 +97,9 @@ class ProtectionExplorer:
         unknown = set(settings or {}) - set(METHODS)
         if unknown:
             raise ValueError(f"settings for unknown method(s) {sorted(unknown)}; methods are {METHODS}")
+        controlled = {f"{method}.{name}" for method, values in (settings or {}).items() for name in values if name in CONTROLLED}
+        if controlled:
+            raise ValueError(f"settings {sorted(controlled)} are set by the explorer (controls, seed, device), not per method")
         self.train, self.test = train, test
         self.settings = {m: dict(DEFAULT_SETTINGS[m]) | dict((settings or {}).get(m, {})) for m in METHODS}
         self.hacker = hacker or TrainConfig(epochs=5, batch_size=50, lr=1e-3, seed=seed + 1)
@@ -111,8 +115,11 @@ class ProtectionExplorer:
 
     # -- widgets -------------------------------------------------------------------------------
     def _build(self, method: str, eps: int, trigger_len: int) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+        problems = [f"unknown method {method!r}; choose from {METHODS}"] if method not in METHODS else []
+        problems += [f"eps must be in 0..{MAX_EPS}, got {eps}"] if not 0 <= eps <= MAX_EPS else []
+        problems += [f"trigger_len must be in 0..{MAX_TRIGGER_LEN}, got {trigger_len}"] if not 0 <= trigger_len <= MAX_TRIGGER_LEN else []
+        if problems:
+            raise ValueError("; ".join(problems))
         self.method = widgets.ToggleButtons(options=list(METHODS), value=method, description="method")
         self.eps = widgets.IntSlider(value=eps, min=0, max=MAX_EPS, description="ε (/255)", continuous_update=False)
         self.k = widgets.IntSlider(value=trigger_len, min=0, max=MAX_TRIGGER_LEN, description="trigger k", continuous_update=False)

@@ -91,12 +91,15 @@ def test_failures_are_shown_in_the_explorer(data):
     train, test = data
     broken = ProtectionExplorer(train, test, settings=TINY | {"UAP": {"candidates": 0}}, hacker=TrainConfig(epochs=1, batch_size=30),
                                 method="UAP", progress_bars=False, device="cpu")
-    broken.clean_history = object()  # skip the clean reference: the failure is in the protector's settings
     broken.run_button.click()
     assert "failed: ValueError" in broken.status.value and not broken.run_button.disabled
     assert "candidates" in "".join(output.get("text", "") for output in broken.log.outputs)
     with pytest.raises(ValueError, match="unknown method"):
         ProtectionExplorer(train, test, settings={"PGD": {}})
+    with pytest.raises(ValueError, match=r"\['MEM.eps', 'MEM.trigger_len'\] are set by the explorer"):
+        ProtectionExplorer(train, test, settings={"MEM": {"eps": 4, "trigger_len": 2, "rounds": 1}})
+    with pytest.raises(ValueError, match="unknown method 'PGD'.*eps must be in 0..16, got 20.*trigger_len must be in 0..8, got -1"):
+        ProtectionExplorer(train, test, method="PGD", eps=20, trigger_len=-1)
     with pytest.raises(ValueError, match="both train and test"):
         ProtectionExplorer(train)
 
