@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ KERNEL = "python3"
 NOTEBOOK_DIR = Path("notebooks")
 # Kernels import the same mem_toolkit as the runner (a checkout beside an installed copy would otherwise differ).
 _TOOLKIT_ROOT = str(Path(__file__).resolve().parents[1])
+_ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def fast_mode() -> bool:
@@ -75,7 +77,7 @@ def execute_notebook(
         raise RuntimeError(f"no Jupyter kernel named {kernel_name!r} in this environment; register it with "
                            f"`{sys.executable} -m ipykernel install --sys-prefix --name {kernel_name}` (`make` does this)") from None
     except CellExecutionError as failure:
-        error = str(failure)
+        error = _ANSI_COLOUR.sub("", str(failure))  # tracebacks come coloured for a terminal
     seconds = time.perf_counter() - started
     executed = _write_text(out_dir / source.name, nbformat.writes(notebook))
     html = _write_text(out_dir / f"{source.stem}.html", _to_html(notebook))

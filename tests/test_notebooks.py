@@ -114,3 +114,22 @@ def test_explorer(executed):
     assert any("random guess" in value for value in html)
     images = [model for model in state.values() if model["model_name"] == "ImageModel"]
     assert len(images) == 2
+
+
+def test_runner_reports_a_failing_cell_keeps_its_output_and_exits_1(tmp_path, capsys):
+    from mem_toolkit.notebooks import main
+
+    broken = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('before')"), nbformat.v4.new_code_cell("raise ValueError('boom')")])
+    broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(broken, tmp_path / "broken.ipynb")
+    run = execute_notebook(tmp_path / "broken.ipynb", tmp_path / "out", env={"OMP_NUM_THREADS": "1"})
+    assert not run.ok and "ValueError: boom" in run.error
+    executed = nbformat.read(run.executed, as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "before\n" and executed.cells[1].outputs[0]["ename"] == "ValueError"
+    assert "boom" in run.html.read_text()
+    assert main([str(tmp_path / "broken.ipynb"), "--out", str(tmp_path / "cli")]) == 1
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())[0]["error"]
+    assert main([str(tmp_path / "missing.ipynb")]) == 2
+    assert "missing.ipynb" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="ipykernel install"):
+        execute_notebook(tmp_path / "broken.ipynb", tmp_path / "out", kernel_name="no-such-kernel")
