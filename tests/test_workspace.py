@@ -7,7 +7,7 @@ import pytest
 from mem_toolkit.data import load_split, make_shapes
 from mem_toolkit.data.writer import write_dataset
 from mem_toolkit.experiment import protect_cached
-from mem_toolkit.protect import EM, MEM, StrippedView
+from mem_toolkit.protect import MEM, StrippedView
 from mem_toolkit.train import TrainConfig
 from mem_toolkit.workspace import Workspace, data_key
 
