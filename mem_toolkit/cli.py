@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .data.pubfig import register_prepare
 from .errors import DataError
 
 
@@ -52,6 +53,14 @@ def _train_config(args):
 
 
 def cmd_make_data(args) -> int:
+    if args.kind == "faces":
+        from .data.faces import generate_faces
+        from .data.identity import write_identity_folder
+
+        photos = generate_faces(args.people, args.photos_per_person, args.image_size, args.seed, progress=True)
+        labels = write_identity_folder(args.out, photos)
+        print(f"wrote {labels} ({len(photos.keys)} photos of {len(photos.people)} people, one folder per person)")
+        return 0
     from .data.shapes import make_shapes_split
     from .data.writer import write_dataset
 
@@ -192,13 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     make = commands.add_parser("make-data", help="write an embedded synthetic dataset as PNGs + CSV")
-    make.add_argument("kind", choices=["shapes"])
+    make.add_argument("kind", choices=["shapes", "faces"])
     make.add_argument("--out", required=True)
     make.add_argument("--n-train", type=int, default=2000)
     make.add_argument("--n-test", type=int, default=500)
     make.add_argument("--image-size", type=int, default=64)
     make.add_argument("--difficulty", default="default", help="easy, default or hard")
     make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--people", type=int, default=50, help="faces: number of invented people")
+    make.add_argument("--photos-per-person", type=int, default=10, help="faces: photos of each person")
     make.set_defaults(func=cmd_make_data)
 
     train = commands.add_parser("train", help="train a CLIP on a caption CSV, evaluating on the test CSV every epoch")
@@ -263,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--preset", choices=["quick", "full"], default="quick", help="quick: minutes on a laptop CPU; full: the strength run")
     demo.add_argument("--device", default="auto")
     demo.set_defaults(func=cmd_demo)
+
+    register_prepare(commands)
     return parser
 
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .data.shapes import make_shapes_split
 from .experiment import ArmResult, protect_cached, results_table, run_arm
+from .metrics import random_guess_metrics
 from .protect import EM, MEM, UAP, Protection, StrippedView, random_id_protection
 from .text import CaptionTokenizer
 from .train import TrainConfig, write_json
@@ -106,7 +107,7 @@ def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", pro
                                               note="stripping the 3 trigger tokens gives exactly the noise-only training data (checked token by token)")
     else:
         results["mem-3-stripped"] = run_arm("mem-3-stripped", stripped, test, config, out / "hackers", preset.hacker_model, device, progress)
-    return _write_results(out, preset, results, protections, test, stages)
+    return _write_results(out, preset, results, protections, train, test, stages)
 
 
 def _same_training_data(a, b, dataset, batch_size: int) -> bool:
@@ -121,7 +122,8 @@ def _same_training_data(a, b, dataset, batch_size: int) -> bool:
     return True
 
 
-def _write_results(out: Path, preset: DemoPreset, results: dict[str, ArmResult], protections: dict[str, Protection], test, stages) -> dict:
+def _write_results(out: Path, preset: DemoPreset, results: dict[str, ArmResult], protections: dict[str, Protection], train, test,
+                   stages) -> dict:
     finals = {name: results[name].final for name in METHOD_ORDER if name in results}
     table = results_table(finals, test, f"Hacker {preset.hacker_model} trained from scratch for {preset.hacker_epochs} epochs; clean test set "
                                         f"({test.n_images} images, {len(test)} captions)")
@@ -136,6 +138,7 @@ def _write_results(out: Path, preset: DemoPreset, results: dict[str, ArmResult],
         "checks": checks,
         "table": table,
     }
+    payload["figures"] = _write_figures(out, results, protections, train, test)
     write_json(out / "results.json", payload)
     notes = [f"- {name}: {results[name].note}" for name in finals if results[name].note]
     timing = "\n".join(f"| {stage} | {seconds:.0f} |" for stage, seconds in stages.items())
@@ -143,6 +146,30 @@ def _write_results(out: Path, preset: DemoPreset, results: dict[str, ArmResult],
     (out / "results.md").write_text(f"{table}\n\n{chr(10).join(notes)}\n\n**Checks**\n\n{check_lines}\n\n"
                                     f"**Time per stage (seconds)**\n\n| stage | seconds |\n|---|---:|\n{timing}\n")
     return payload
+
+
+def _write_figures(out: Path, results: dict[str, ArmResult], protections: dict[str, Protection], train, test) -> list[str]:
+    """Loss and retrieval curves of every hacker, and examples of each protection (clean, protected, noise, caption)."""
+    from matplotlib import pyplot as plt
+
+    from .plots import plot_curves, plot_noise_grid
+
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    random = random_guess_metrics(np.bincount(test.group_ids, minlength=test.n_images))
+    runs = {name: result.history for name, result in results.items() if not result.note}
+    written = [figures / "curves.png", figures / "curves.pdf"]
+    for path in written:
+        plt.close(plot_curves(runs, metrics=("t2i_MedR", "i2t_R@10", "t2i_R@10"), loss="epoch", random=random, save=path))
+    rows = [int(rows[0]) for rows in train.rows_of_group()[:4]]
+    clean = [train.images([train.group_ids[r]])[0] for r in rows]
+    for name, protection in protections.items():
+        noise = [np.asarray(protection.noise[protection.unit_of_row[r]]) for r in rows]
+        captions = [protection.published_caption(train, r) for r in rows]
+        path = figures / f"examples_{name}.png"
+        plt.close(plot_noise_grid(clean, noise, captions, eps=protection.eps, save=path))
+        written.append(path)
+    return [str(p) for p in written]
 
 
 def ordering_checks(finals: dict[str, dict]) -> dict[str, bool]:

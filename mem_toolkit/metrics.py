@@ -2,7 +2,8 @@
 
 image -> text: rank of the best of an image's captions among all captions.
 text -> image: rank of a caption's image among all images.
-Ranks are 1-based; MedR = floor(median(rank - 1)) + 1 as in VSE++; R@K in percent.
+Ranks are 1-based; MedR = floor(median(rank - 1)) + 1 as in VSE++; R@K in percent. Ties are broken
+at random in expectation (not in the query's favour: collapsed features must not look perfect).
 """
 from __future__ import annotations
 
@@ -17,29 +18,44 @@ _CHUNK = 1024
 
 
 def _ranks(image_features: torch.Tensor, text_features: torch.Tensor, caption_image: torch.Tensor):
-    """1-based i2t and t2i ranks, in chunks so a big test set never needs the whole score matrix.
+    """For i2t and t2i queries: how many candidates score strictly higher than the right one, and how many tie.
 
-    Each positive score is read from the same matrix product it is compared with, so that identical
-    features tie exactly; ties count in the query's favour (only strictly higher scores rank above).
+    Computed in chunks so a big test set never needs the whole score matrix. Each positive score is
+    read from the same matrix product it is compared with, so identical features tie exactly. For
+    i2t the right answer is the image's best caption; its other captions never count against it.
     """
     n_images = image_features.shape[0]
-    t2i = torch.empty(len(text_features), dtype=torch.long)
+    t2i_above = torch.empty(len(text_features), dtype=torch.float64)
+    t2i_tied = torch.empty(len(text_features), dtype=torch.float64)
     for start in range(0, len(text_features), _CHUNK):
         scores = text_features[start:start + _CHUNK] @ image_features.T
         positive = scores.gather(1, caption_image[start:start + _CHUNK, None])
-        t2i[start:start + _CHUNK] = (scores > positive).sum(1) + 1
-    i2t = torch.empty(n_images, dtype=torch.long)
+        t2i_above[start:start + _CHUNK] = (scores > positive).sum(1)
+        t2i_tied[start:start + _CHUNK] = (scores == positive).sum(1) - 1
+    i2t_above = torch.empty(n_images, dtype=torch.float64)
+    i2t_tied = torch.empty(n_images, dtype=torch.float64)
     for start in range(0, n_images, _CHUNK):
         scores = image_features[start:start + _CHUNK] @ text_features.T
         own = caption_image[None, :] == torch.arange(start, start + len(scores))[:, None]
         best = scores.masked_fill(~own, -math.inf).amax(1, keepdim=True)
-        i2t[start:start + _CHUNK] = (scores > best).sum(1) + 1
-    return i2t, t2i
+        i2t_above[start:start + _CHUNK] = (scores > best).sum(1)
+        i2t_tied[start:start + _CHUNK] = ((scores == best) & ~own).sum(1)
+    return (i2t_above, i2t_tied), (t2i_above, t2i_tied)
 
 
-def _summary(ranks: torch.Tensor, prefix: str) -> dict[str, float]:
-    ranks = ranks.double()
-    out = {f"{prefix}_R@{k}": float((ranks <= k).double().mean() * 100) for k in KS}
+def recall_at(above: torch.Tensor, tied: torch.Tensor, k: int) -> float:
+    """Percent of queries whose right answer ranks within k when ties are broken at random (in expectation)."""
+    return float(((k - above) / (tied + 1)).clamp(0, 1).mean() * 100)
+
+
+def _summary(above: torch.Tensor, tied: torch.Tensor, prefix: str) -> dict[str, float]:
+    """Metrics with ties broken at random, in expectation: the right answer is equally likely at any tied place.
+
+    R@K is the probability of rank <= K; MedR and mean rank use the expected rank 1 + above + tied / 2.
+    So a model whose features have collapsed scores like random guessing, not perfectly.
+    """
+    out = {f"{prefix}_R@{k}": recall_at(above, tied, k) for k in KS}
+    ranks = 1 + above + tied / 2
     out[f"{prefix}_MedR"] = float(math.floor(float(torch.quantile(ranks - 1, 0.5))) + 1)
     out[f"{prefix}_MeanR"] = float(ranks.mean())
     return out
@@ -59,7 +75,7 @@ def retrieval_metrics(image_features, text_features, caption_image_index) -> dic
     if torch.bincount(caption_image, minlength=len(image_features)).min() == 0:
         raise ValueError("every image needs at least one caption")
     i2t, t2i = _ranks(image_features, text_features, caption_image)
-    out = {**_summary(i2t, "i2t"), **_summary(t2i, "t2i")}
+    out = {**_summary(*i2t, "i2t"), **_summary(*t2i, "t2i")}
     out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in KS)
     return out
 

@@ -98,21 +98,32 @@ def test_hand_made_case():
     assert got["rsum"] == pytest.approx(200 / 3 + 100 + 100 + 50 + 100 + 100)
 
 
-def test_ties_count_in_the_query_favour():
+def test_ties_are_broken_at_random_in_expectation():
     images = np.array([[1, 0], [0, 1]], dtype=np.float32)
     texts = np.array([[1, 0], [1, 0]], dtype=np.float32)  # both captions identical; caption 1 belongs to image 1
     got = retrieval_metrics(images, texts, [0, 1])
-    # image 0: both captions score 1, its own is not strictly beaten -> rank 1; image 1: both score 0 -> rank 1.
-    assert got["i2t_R@1"] == 100.0
-    # caption 1 scores image 0 (1) above its own image 1 (0) -> rank 2; caption 0 -> rank 1.
+    # each image's own caption ties with the other one: rank 1 or 2 with equal chance
+    assert got["i2t_R@1"] == 50.0 and got["i2t_MeanR"] == 1.5
+    # caption 1 scores image 0 (1) above its own image 1 (0) -> rank 2; caption 0 -> rank 1 (no tie)
     assert got["t2i_R@1"] == 50.0
     assert got["t2i_MeanR"] == 1.5
 
 
-def test_all_identical_features_tie_everywhere():
+def test_collapsed_features_score_like_random_guessing():
     features = np.ones((4, 3), dtype=np.float32) / math.sqrt(3)
+    counts = np.full(4, 2)
     got = retrieval_metrics(features, np.repeat(features, 2, axis=0), np.repeat(np.arange(4), 2))
-    assert got["i2t_R@1"] == got["t2i_R@1"] == 100.0
+    chance = random_guess_metrics(counts)
+    assert got["t2i_R@1"] == pytest.approx(25.0) == pytest.approx(chance["t2i_R@1"])
+    assert got["i2t_R@1"] == pytest.approx(100 / 7)  # the best own caption ties with the 6 others
+    assert got["t2i_MeanR"] == pytest.approx(chance["t2i_MeanR"])
+
+
+def test_own_captions_tying_with_each_other_do_not_count_against_the_image():
+    images = np.eye(2, dtype=np.float32)
+    texts = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)  # image 0 has two identical captions
+    got = retrieval_metrics(images, texts, [0, 0, 1])
+    assert got["i2t_R@1"] == 100.0
 
 
 def test_bad_arguments_are_refused():

@@ -90,8 +90,9 @@ class CaptionDataset:
     def preload(self, progress: bool = True, skip_bad: bool = False) -> "CaptionDataset":
         """Decode every image once (with progress), reporting all unreadable files together.
 
-        With `skip_bad`, rows of unreadable images are dropped and a new dataset is returned whose
-        `skipped` lists them after what was skipped before. Images decoded before an error stay cached.
+        With `skip_bad`, rows of unreadable images are dropped and a new dataset is returned; its
+        `skipped` lists the dropped files after whatever the loader skipped already. Images
+        decoded before an error stay cached.
         """
         missing = np.flatnonzero(~self._loaded)
         bad = self._decode(missing, progress=progress, skip_bad=skip_bad) if len(missing) else []
@@ -99,7 +100,7 @@ class CaptionDataset:
             return self
         keep_groups = np.setdiff1d(np.arange(self.n_images), [g for g, _ in bad])
         kept = self.select_images(keep_groups)
-        kept.skipped = self.skipped + [problem for _, problem in bad]
+        kept.skipped = list(getattr(self, "skipped", [])) + [problem for _, problem in bad]
         return kept
 
     def _decode(self, groups: np.ndarray, progress: bool, skip_bad: bool) -> list[tuple[int, Problem]]:
@@ -141,14 +142,23 @@ class CaptionDataset:
         new_id = np.full(self.n_images, -1, dtype=np.int64)
         new_id[groups] = np.arange(len(groups))
         rows = np.flatnonzero(new_id[self.group_ids] >= 0)
+        return self.with_rows([self.captions[r] for r in rows], new_id[self.group_ids[rows]], groups)
+
+    def with_rows(self, captions: Sequence[str], group_ids: Sequence[int] | np.ndarray,
+                  groups: Sequence[int] | np.ndarray | None = None, name: str | None = None) -> "CaptionDataset":
+        """The given images (all by default) with new rows, e.g. captions written from identity labels.
+
+        `group_ids[row]` indexes `groups`; decoded pixels are carried over, never decoded again.
+        """
+        groups = np.arange(self.n_images) if groups is None else np.asarray(groups, dtype=np.int64)
         subset = CaptionDataset(
-            [self.captions[r] for r in rows],
-            new_id[self.group_ids[rows]],
+            captions,
+            group_ids,
             [self.image_keys[g] for g in groups],
             self.image_size,
             image_array=None if self.image_paths is not None else np.ascontiguousarray(self._pixels[groups]),
             image_paths=None if self.image_paths is None else [self.image_paths[g] for g in groups],
-            name=self.name,
+            name=self.name if name is None else name,
             cache_dir=self.cache_dir,
         )
         if self.image_paths is not None:

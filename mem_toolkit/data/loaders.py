@@ -143,24 +143,44 @@ def load_caption_csv(
     Columns and delimiter are detected unless given; relative image paths are resolved against
     `image_root` or else the CSV's own folder.
     """
+    entries, problems = read_csv_entries(path, CAPTION_COLUMNS, "caption", text_column=caption_column, image_column=image_column,
+                                         delimiter=delimiter, image_root=image_root)
+    return build_dataset(entries, image_size, Path(path).stem, skip_bad, problems, cache_dir)
+
+
+def read_csv_entries(
+    path: str | os.PathLike,
+    text_candidates: tuple[str, ...],
+    what: str,
+    *,
+    text_column: str | None = None,
+    image_column: str | None = None,
+    delimiter: str | None = None,
+    image_root: str | os.PathLike | None = None,
+) -> tuple[list[tuple[str, str, Path, str]], list[Problem]]:
+    """(where, text, image path, source) entries of a CSV/TSV, and the problems of its malformed lines.
+
+    The text column is `text_column`, or else the first of `text_candidates` in the header; `what`
+    names it in messages ("caption", "identity"). Header problems (with any bad-encoding lines) raise at once.
+    """
     path = Path(path)
     source = str(path)
-    text, problems = _read_lines(path)
+    content, problems = _read_lines(path)
     if any(problem.where == "line 1" for problem in problems):
         raise DataError(problems, hint="The header line must be readable; save the file as UTF-8.")
-    if not text.strip():
+    if not content.strip():
         raise DataError([Problem(source, None, "the file is empty")])
-    first_line = text.splitlines()[0]
+    first_line = content.splitlines()[0]
     if delimiter is None:
         delimiter = "\t" if "\t" in first_line else ("," if "," in first_line else ("|" if "|" in first_line else ","))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
     header = next(reader)
     header_problems: list[Problem] = []
     duplicates = [name for name, count in Counter(h.strip().lower() for h in header).items() if count > 1 and name]
     if duplicates:
         header_problems.append(Problem(source, "line 1", f"duplicate column name(s) in header: {duplicates}"))
     image_index = _pick_column(header, image_column, IMAGE_COLUMNS, "image", source, header_problems)
-    caption_index = _pick_column(header, caption_column, CAPTION_COLUMNS, "caption", source, header_problems)
+    text_index = _pick_column(header, text_column, text_candidates, what, source, header_problems)
     if header_problems:
         raise DataError(header_problems + problems)
     root = Path(image_root) if image_root is not None else path.parent
@@ -176,8 +196,8 @@ def load_caption_csv(
         if not image:
             problems.append(Problem(source, where, "empty image path"))
             continue
-        entries.append((where, record[caption_index], root / image, source))
-    return build_dataset(entries, image_size, path.stem, skip_bad, problems, cache_dir)
+        entries.append((where, record[text_index], root / image, source))
+    return entries, problems
 
 
 def load_karpathy_json(

@@ -26,8 +26,9 @@ def write_caption_folder(
     n_images: int | None = None,
     progress: bool = True,
     description: str = "writing images",
+    header: tuple[str, str] = ("image", "caption"),
 ) -> Path:
-    """Write (file name, uint8 HxWx3) images under `out_dir` and a CSV `image,caption` of `rows`."""
+    """Write (file name, uint8 HxWx3) images under `out_dir` and a CSV of `rows` (`image,caption` by default)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, pixels in tqdm(images, total=n_images, desc=description, disable=not progress, unit="img"):
@@ -38,7 +39,7 @@ def write_caption_folder(
     tmp = csv_path.with_name(csv_path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "caption"])
+        writer.writerow(header)
         writer.writerows(rows)
     os.replace(tmp, csv_path)
     return csv_path
