@@ -16,8 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.shapes import make_shapes_split
-from .experiment import ArmResult, protect_cached, results_table, run_arm
-from .metrics import random_guess_metrics
+from .experiment import ArmResult, protect_cached, random_guess, results_table, run_arm
 from .protect import EM, MEM, UAP, Protection, StrippedView, random_id_protection
 from .text import CaptionTokenizer
 from .train import TrainConfig, write_json
@@ -152,22 +151,17 @@ def _write_figures(out: Path, results: dict[str, ArmResult], protections: dict[s
     """Loss and retrieval curves of every hacker, and examples of each protection (clean, protected, noise, caption)."""
     from matplotlib import pyplot as plt
 
-    from .plots import plot_curves, plot_noise_grid
+    from .plots import plot_curves, plot_protection
 
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    random = random_guess_metrics(np.bincount(test.group_ids, minlength=test.n_images))
     runs = {name: result.history for name, result in results.items() if not result.note}
     written = [figures / "curves.png", figures / "curves.pdf"]
     for path in written:
-        plt.close(plot_curves(runs, metrics=("t2i_MedR", "i2t_R@10", "t2i_R@10"), loss="epoch", random=random, save=path))
-    rows = [int(rows[0]) for rows in train.rows_of_group()[:4]]
-    clean = [train.images([train.group_ids[r]])[0] for r in rows]
+        plt.close(plot_curves(runs, metrics=("t2i_MedR", "i2t_R@10", "t2i_R@10"), loss="epoch", random=random_guess(test), save=path))
     for name, protection in protections.items():
-        noise = [np.asarray(protection.noise[protection.unit_of_row[r]]) for r in rows]
-        captions = [protection.published_caption(train, r) for r in rows]
         path = figures / f"examples_{name}.png"
-        plt.close(plot_noise_grid(clean, noise, captions, eps=protection.eps, save=path))
+        plt.close(plot_protection(protection, train, rows=4, save=path))
         written.append(path)
     return [str(p) for p in written]
 
