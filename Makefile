@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lab clean distclean
+.PHONY: demo test lab notebooks clean distclean
 
 demo: $(STAMP)
 	$(BIN)/python -m mem_toolkit demo --out runs/demo
@@ -18,11 +18,16 @@ test: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
+# Execute every notebook into runs/notebooks/<timestamp>/ (executed copies + HTML); MEM_TOOLKIT_FAST=1 for tiny sizes.
+notebooks: $(STAMP)
+	$(BIN)/python -m mem_toolkit.notebooks
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[notebooks,dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mem_toolkit)"
 	touch $(STAMP)
 
 # Generated outputs and caches; the venv stays (`make distclean` removes it too).

@@ -6,11 +6,9 @@ tokens. All stages are cached in the output folder, so an interrupted demo resum
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.shapes import make_shapes_split
-from .experiment import ArmResult, results_table, run_arm
-from .metrics import random_guess_metrics
-from .protect import EM, MEM, UAP, ProtectConfig, Protection, StrippedView, random_id_protection
-from .protect.base import ResumeMismatch
+from .experiment import ArmResult, protect_cached, random_guess, results_table, run_arm
+from .protect import EM, MEM, UAP, Protection, StrippedView, random_id_protection
+from .workspace import data_key
 from .text import CaptionTokenizer
 from .train import TrainConfig, write_json
 
@@ -62,29 +59,7 @@ PRESETS: dict[str, DemoPreset] = {
     ),
 }
 
-PROTECT_FIELDS = [f.name for f in fields(ProtectConfig)]
 METHOD_ORDER = ["clean", "uap", "em", "mem-3", "mem-5", "mem-3-trigger-only", "mem-3-noise-only", "random-id-trigger", "mem-3-stripped"]
-
-
-def protect_cached(protector, train, folder: Path, progress: bool = True) -> Protection:
-    """Load the protection in `folder` if it was made with the same settings; else make it (resuming) and save it."""
-    if (folder / "protection.json").exists():
-        protection = Protection.load(folder, train)
-        if settings_key(protection.config) == settings_key(asdict(protector.config)):
-            return protection
-        shutil.rmtree(folder)  # made with other settings
-    try:
-        protection = protector.fit(train, work_dir=folder / "work", resume=True, progress=progress)
-    except ResumeMismatch:
-        shutil.rmtree(folder / "work")  # an interrupted run with other settings: start afresh
-        protection = protector.fit(train, work_dir=folder / "work", progress=progress)
-    protection.save(folder)
-    return protection
-
-
-def settings_key(config: dict) -> str:
-    """The protection settings alone (not provenance), as a comparable string."""
-    return json.dumps({name: config.get(name) for name in PROTECT_FIELDS}, sort_keys=True)
 
 
 def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", progress: bool = True, device: str = "auto") -> dict:
@@ -111,29 +86,28 @@ def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", pro
     mem3 = protections["mem-3"]
     random_id = random_id_protection(train, 3, seed=preset.seed, vocab_size=preset.mem.get("trigger_vocab_size", 0))
 
-    keyed = lambda p, variant="": f"{p.method}:{settings_key(p.config)}:{p.fingerprint}{variant}"  # noqa: E731
     arms = {
-        "clean": (train, f"clean:{train.fingerprint()}"),
-        "uap": (protections["uap"].apply(train), keyed(protections["uap"])),
-        "em": (protections["em"].apply(train), keyed(protections["em"])),
-        "mem-3": (mem3.apply(train), keyed(mem3)),
-        "mem-5": (protections["mem-5"].apply(train), keyed(protections["mem-5"])),
-        "mem-3-trigger-only": (mem3.apply(train, noise=False), keyed(mem3, ":trigger-only")),
-        "mem-3-noise-only": (mem3.apply(train, trigger=False), keyed(mem3, ":noise-only")),
-        "random-id-trigger": (random_id.apply(train), f"random-id:{json.dumps(random_id.config, sort_keys=True)}:{train.fingerprint()}"),
+        "clean": train,
+        "uap": protections["uap"].apply(train),
+        "em": protections["em"].apply(train),
+        "mem-3": mem3.apply(train),
+        "mem-5": protections["mem-5"].apply(train),
+        "mem-3-trigger-only": mem3.apply(train, noise=False),
+        "mem-3-noise-only": mem3.apply(train, trigger=False),
+        "random-id-trigger": random_id.apply(train),
     }
     config = preset.hacker_config()
     results: dict[str, ArmResult] = {}
-    for name, (data, key) in tqdm(arms.items(), desc="hackers", disable=not progress, unit="hacker"):
-        results[name] = run_arm(name, data, test, config, out / "hackers", preset.hacker_model, device, progress, data_key=key)
+    for name, data in tqdm(arms.items(), desc="hackers", disable=not progress, unit="hacker"):
+        results[name] = run_arm(name, data, test, config, out / "hackers", preset.hacker_model, device, progress, data_key=data_key(data))
         stages[f"hacker {name}"] = results[name].seconds
     stripped = StrippedView(mem3.apply(train), 3)
-    if _same_training_data(stripped, arms["mem-3-noise-only"][0], train, config.batch_size):
+    if _same_training_data(stripped, arms["mem-3-noise-only"], train, config.batch_size):
         results["mem-3-stripped"] = ArmResult("mem-3-stripped", results["mem-3-noise-only"].history, 0.0,
                                               note="stripping the 3 trigger tokens gives exactly the noise-only training data (checked token by token)")
     else:
         results["mem-3-stripped"] = run_arm("mem-3-stripped", stripped, test, config, out / "hackers", preset.hacker_model, device, progress,
-                                            data_key=keyed(mem3, ":stripped3"))
+                                            data_key=data_key(stripped))
     return _write_results(out, preset, results, protections, train, test, stages)
 
 
@@ -179,22 +153,17 @@ def _write_figures(out: Path, results: dict[str, ArmResult], protections: dict[s
     """Loss and retrieval curves of every hacker, and examples of each protection (clean, protected, noise, caption)."""
     from matplotlib import pyplot as plt
 
-    from .plots import plot_curves, plot_noise_grid
+    from .plots import plot_curves, plot_protection
 
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    random = random_guess_metrics(np.bincount(test.group_ids, minlength=test.n_images))
     runs = {name: result.history for name, result in results.items() if not result.note}
     written = [figures / "curves.png", figures / "curves.pdf"]
     for path in written:
-        plt.close(plot_curves(runs, metrics=("t2i_MedR", "i2t_R@10", "t2i_R@10"), loss="epoch", random=random, save=path))
-    rows = [int(rows[0]) for rows in train.rows_of_group()[:4]]
-    clean = [train.images([train.group_ids[r]])[0] for r in rows]
+        plt.close(plot_curves(runs, metrics=("t2i_MedR", "i2t_R@10", "t2i_R@10"), loss="epoch", random=random_guess(test), save=path))
     for name, protection in protections.items():
-        noise = [np.asarray(protection.noise[protection.unit_of_row[r]]) for r in rows]
-        captions = [protection.published_caption(train, r) for r in rows]
         path = figures / f"examples_{name}.png"
-        plt.close(plot_noise_grid(clean, noise, captions, eps=protection.eps, save=path))
+        plt.close(plot_protection(protection, train, rows=4, save=path))
         written.append(path)
     return [str(p) for p in written]
 

@@ -11,10 +11,15 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Mapping
+
+import numpy as np
 
 from .data.dataset import CaptionDataset
 from .metrics import random_guess_metrics
 from .models import create_model, resolve_device
+from .protect import Protection, Protector
+from .protect.base import ResumeMismatch
 from .train import History, PairSource, TrainConfig, train_run, write_json
 
 TABLE_COLUMNS = [("i2t", "R@1"), ("i2t", "R@5"), ("i2t", "R@10"), ("i2t", "MedR"), ("t2i", "R@1"), ("t2i", "R@5"), ("t2i", "R@10"), ("t2i", "MedR")]
@@ -28,6 +33,7 @@ class ArmResult:
     history: History
     seconds: float
     note: str = ""
+    folder: Path | None = None  # the run folder (model.safetensors, history.json), None for a derived row
 
     @property
     def final(self) -> dict:
@@ -56,7 +62,7 @@ def run_arm(
     previous = json.loads(record_path.read_text()) if record_path.exists() else None
     if previous is not None and {k: previous.get(k) for k in record} == record:
         if previous.get("seconds") is not None:
-            return ArmResult(name, History.load(folder / "history.json"), previous["seconds"])
+            return ArmResult(name, History.load(folder / "history.json"), previous["seconds"], folder=folder)
     elif folder.exists():
         shutil.rmtree(folder)  # another hacker, budget or training set: nothing here can be reused
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,18 +72,51 @@ def run_arm(
     history = train_run(model, train_data, test, config, folder, resume=True, progress=progress, description=name)
     seconds = time.perf_counter() - started
     write_json(record_path, record | {"seconds": seconds})
-    return ArmResult(name, history, seconds)
+    return ArmResult(name, history, seconds, folder=folder)
 
 
-def results_table(results: dict[str, dict], test: CaptionDataset, title: str = "") -> str:
-    """Markdown table in the paper's layout (i2t and t2i R@1/5/10 and MedR) with a random-guess row."""
-    import numpy as np
+def protect_cached(protector: Protector, dataset: CaptionDataset, folder: str | os.PathLike, progress: bool = True) -> Protection:
+    """The protection saved in `folder` if it was made with these settings; else make it (resuming) and save it there.
 
-    random = random_guess_metrics(np.bincount(test.group_ids, minlength=test.n_images))
+    A folder holding a protection, or an interrupted run, made with other settings is cleared and
+    the work redone: a stale result is never returned.
+    """
+    folder = Path(folder)
+    if (folder / "protection.json").exists():
+        protection = Protection.load(folder, dataset)
+        if same_settings(protection.config, protector.get_params()):
+            return protection
+        shutil.rmtree(folder)
+    try:
+        protection = protector.fit(dataset, work_dir=folder / "work", resume=True, progress=progress)
+    except ResumeMismatch:
+        shutil.rmtree(folder / "work")
+        protection = protector.fit(dataset, work_dir=folder / "work", progress=progress)
+    protection.save(folder)
+    return protection
+
+
+def same_settings(saved: dict, wanted: dict) -> bool:
+    """Whether a saved protection's config holds exactly the wanted settings (provenance entries aside)."""
+    wanted = json.loads(json.dumps(wanted))
+    return all(saved.get(key) == value for key, value in wanted.items())
+
+
+def random_guess(test: CaptionDataset) -> dict[str, float]:
+    """Exact random-guess metrics for the shape of a test set (its captions per image)."""
+    return random_guess_metrics(np.bincount(test.group_ids, minlength=test.n_images))
+
+
+def results_table(results: Mapping[str, Mapping | History | ArmResult], test: CaptionDataset, title: str = "") -> str:
+    """Markdown table in the paper's layout (i2t and t2i R@1/5/10 and MedR) with a random-guess row.
+
+    Each result is a metrics dict, or a History / ArmResult whose final epoch is used.
+    """
     head = "| method | " + " | ".join(f"{d} {m}" for d, m in TABLE_COLUMNS) + " |"
     rule = "|---|" + "---:|" * len(TABLE_COLUMNS)
     lines = ([f"**{title}**", ""] if title else []) + [head, rule]
-    for name, metrics in list(results.items()) + [("random guess", random)]:
+    for name, result in list(results.items()) + [("random guess", random_guess(test))]:
+        metrics = result.final if isinstance(result, (History, ArmResult)) else result
         cells = [f"{metrics[f'{d}_{m}']:.0f}" if m == "MedR" else f"{metrics[f'{d}_{m}']:.1f}" for d, m in TABLE_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

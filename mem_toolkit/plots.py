@@ -31,6 +31,7 @@ from .train import History
 if TYPE_CHECKING:
     from .explain import Explanation
     from .models import ClipModel
+    from .protect import Protection
 
 COLUMN_WIDTH = 3.33  # inches: one column of a two-column paper (ACM, IEEE)
 PAGE_WIDTH = 7.0  # inches: the full text width
@@ -370,8 +371,9 @@ def _of_modality(explanations, modality: str) -> list:
 
 # -- protected examples ----------------------------------------------------------------------------
 def amplify_noise(noise: np.ndarray, eps: float) -> np.ndarray:
-    """Visible uint8 picture of int8 noise in [-eps, eps] (pixel units): -eps -> 1, 0 -> 128, +eps -> 255."""
-    return np.clip(np.rint(noise.astype(np.float64) * (127 / eps) + 128), 0, 255).astype(np.uint8)
+    """Visible uint8 picture of int8 noise in [-eps, eps] (pixel units): -eps -> 1, 0 -> 128, +eps -> 255 (all 128 for eps 0)."""
+    gain = 127 / eps if eps else 0.0
+    return np.clip(np.rint(noise.astype(np.float64) * gain + 128), 0, 255).astype(np.uint8)
 
 
 def plot_noise_grid(clean: Sequence[np.ndarray], noise: Sequence[np.ndarray], captions: Sequence[str], eps: float = 8,
@@ -394,7 +396,7 @@ def plot_noise_grid(clean: Sequence[np.ndarray], noise: Sequence[np.ndarray], ca
             problems.append(f"example {i}: noise reaches {np.abs(delta.astype(np.int64)).max()} > eps {eps}")
     if problems:
         raise ValueError("cannot draw the noise grid:\n  " + "\n  ".join(problems))
-    rows = ("clean", "protected", f"noise ±{eps:g}/255\n(×{127 / eps:.3g})")
+    rows = ("clean", "protected", f"noise ±{eps:g}/255\n(×{127 / eps:.3g})" if eps else "noise (none: ε = 0)")
     with paper_style():
         fig = Figure(figsize=(min(PAGE_WIDTH, 1.25 * len(clean) + 0.3), 4.1), layout="constrained")
         axes = fig.subplots(3, len(clean), squeeze=False)
@@ -409,6 +411,21 @@ def plot_noise_grid(clean: Sequence[np.ndarray], noise: Sequence[np.ndarray], ca
             axes[0, column].set_title(_wrap(caption, 22), fontsize=6.5)
     return _finish(fig, save)
 
+
+
+def plot_protection(protection: Protection, dataset, rows: Sequence[int] | int = 4, save: str | os.PathLike | None = None) -> Figure:
+    """`plot_noise_grid` of some rows of a protected dataset: clean image, protected image, amplified noise, published caption.
+
+    `rows`: dataset rows, or a number n for the first caption of each of the first n images.
+    """
+    protection.check_fits(dataset)
+    if isinstance(rows, int):
+        rows = [group_rows[0] for group_rows in dataset.rows_of_group()[:rows]]
+    rows = np.asarray(rows, dtype=np.int64)
+    clean = dataset.images(dataset.group_ids[rows])
+    noise = np.asarray(protection.noise[protection.unit_of_row[rows]])
+    captions = [protection.published_caption(dataset, int(row)) for row in rows]
+    return plot_noise_grid(list(clean), list(noise), captions, eps=protection.eps, save=save)
 
 # -- helpers ---------------------------------------------------------------------------------------
 def _colours(n: int) -> list:

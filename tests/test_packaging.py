@@ -88,8 +88,10 @@ def test_make_targets_run_the_documented_commands():
     assert ".venv/bin/python -m mem_toolkit demo --out runs/demo" in dry_run("demo")
     assert ".venv/bin/python -m pytest -q" in dry_run("test")
     assert "jupyter lab notebooks/" in dry_run("lab")
+    assert ".venv/bin/python -m mem_toolkit.notebooks" in dry_run("notebooks")
     makefile = (ROOT / "Makefile").read_text()
     assert ".venv/bin/pip install -e '.[notebooks,dev]'" in makefile.replace("$(BIN)", ".venv/bin")
+    assert ".venv/bin/python -m ipykernel install --sys-prefix --name python3" in makefile.replace("$(BIN)", ".venv/bin")
 
 
 def test_ci_script_is_executable_strict_and_runs_make_test():

@@ -174,6 +174,13 @@ def test_noise_grid_and_amplification(shapes, tmp_path):
     assert "example 0: noise reaches 16 > eps 8" in message and "example 1: noise must be integer" in message and "(got 3, 3, 2)" in message
 
 
+
+def test_noise_grid_at_eps_zero_shows_flat_grey_noise(shapes):
+    clean = list(shapes.images([0, 1]))
+    noise = [np.zeros_like(image, dtype=np.int8) for image in clean]
+    fig = plots.plot_noise_grid(clean, noise, ["a", "b"], eps=0)
+    assert (fig.axes[2 * 2].images[0].get_array() == 128).all() and "ε = 0" in fig.axes[2 * 2].get_ylabel()
+
 def test_save_rejects_unknown_formats(tmp_path):
     fig = plots.plot_curves({"a": _history(2, 2, 1.0)})
     with pytest.raises(ValueError, match=r"\.png"):

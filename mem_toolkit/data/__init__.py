@@ -4,6 +4,7 @@ from .faces import make_faces
 from .identity import FaceData, load_identity_csv, load_identity_folder
 from .loaders import load_caption_csv, load_coco_captions, load_karpathy_json
 from .shapes import Difficulty, make_shapes, make_shapes_split
+from .split import load_split
 
 __all__ = ["CaptionDataset", "Difficulty", "FaceData", "load_caption_csv", "load_coco_captions", "load_identity_csv", "load_identity_folder",
-           "load_karpathy_json", "make_faces", "make_shapes", "make_shapes_split"]
+           "load_karpathy_json", "load_split", "make_faces", "make_shapes", "make_shapes_split"]

@@ -1,0 +1,88 @@
+"""A run folder that caches protections and hacker runs under keys of their settings and data.
+
+Notebooks, the transferability table and repeated experiments ask for the same work again and
+again; a `Workspace` names every protection by (method, settings, dataset) and every hacker run by
+(training data, test set, model, training settings), so finished work is reused, interrupted work
+resumes, and changed settings never pick up a stale result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from .data.dataset import CaptionDataset
+from .experiment import ArmResult, protect_cached, run_arm
+from .models import ClipModel, load_model
+from .protect import ProtectedDataset, Protection, Protector, StrippedView
+from .train import PairSource, TrainConfig
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def cache_key(*parts) -> str:
+    """Short stable hash of JSON-able parts (settings, fingerprints, names)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def protection_digest(protection: Protection) -> str:
+    """Hash of what a protection does to data: method, ε, noise, triggers and row-to-unit map (chunked: noise may be a memory map)."""
+    digest = hashlib.sha256(json.dumps([protection.method, protection.eps, protection.fingerprint]).encode())
+    for array in (protection.triggers, protection.unit_of_row):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    for start in range(0, protection.n_units, 1024):
+        digest.update(np.ascontiguousarray(protection.noise[start:start + 1024]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def data_key(source: PairSource) -> str:
+    """Identity of training data: a dataset's fingerprint, or its base plus the protection and controls applied to it."""
+    if isinstance(source, CaptionDataset):
+        return source.fingerprint()
+    if isinstance(source, ProtectedDataset):
+        return cache_key(source.base.fingerprint(), protection_digest(source.protection), source.use_noise, source.use_trigger)
+    if isinstance(source, StrippedView):
+        return cache_key(data_key(source.source), "stripped", source.k)
+    raise TypeError(f"cannot tell which data a {type(source).__name__} holds; train it with experiment.run_arm and a folder of your own")
+
+
+class Workspace:
+    """A folder of cached protections (`protections/`) and hacker runs (`hackers/`), keyed by what made them."""
+
+    def __init__(self, root: str | os.PathLike, device: str = "auto", progress: bool = True) -> None:
+        self.root = Path(root)
+        self.device = device
+        self.progress = progress
+
+    def protection_folder(self, protector: Protector, dataset: CaptionDataset) -> Path:
+        """Where `protector` applied to `dataset` is (or will be) saved."""
+        return self.root / "protections" / f"{_safe(protector.method)}-{cache_key(protector.get_params(), dataset.fingerprint())}"
+
+    def protect(self, protector: Protector, dataset: CaptionDataset) -> Protection:
+        """The protection of `dataset` by `protector`: loaded if made before with these settings, else made and saved."""
+        return protect_cached(protector, dataset, self.protection_folder(protector, dataset), self.progress)
+
+    def hack(self, name: str, train_data: PairSource, test: CaptionDataset, config: TrainConfig,
+             model_name: str = "mem-tiny-rn") -> ArmResult:
+        """A fresh hacker `model_name` trained on `train_data` and evaluated on the clean `test` (reused when already trained)."""
+        key = cache_key(data_key(train_data), test.fingerprint(), model_name, asdict(config))
+        result = run_arm(f"{_safe(name)}-{_safe(model_name)}-{key}", train_data, test, config, self.root / "hackers", model_name,
+                         self.device, self.progress)
+        return replace(result, name=name)
+
+    def hacker(self, result: ArmResult) -> ClipModel:
+        """The trained model of a hacker run."""
+        if result.folder is None:
+            raise ValueError(f"run {result.name!r} has no folder (it was derived, not trained)")
+        return load_model(result.folder / "model.safetensors")
+
+
+def _safe(name: str) -> str:
+    """A name usable as one path component (open_clip names may hold ':' or '/')."""
+    return _UNSAFE.sub("_", name).strip("_") or "run"
