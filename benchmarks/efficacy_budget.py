@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 
 from mem_toolkit.data.shapes import make_shapes_split  # noqa: E402
-from mem_toolkit.demo import PRESETS, protect_cached  # noqa: E402
-from mem_toolkit.experiment import results_table, run_arm  # noqa: E402
+from mem_toolkit.demo import PRESETS  # noqa: E402
+from mem_toolkit.experiment import protect_cached, results_table, run_arm  # noqa: E402
 from mem_toolkit.metrics import random_guess_metrics  # noqa: E402
 from mem_toolkit.protect import MEM  # noqa: E402
 
