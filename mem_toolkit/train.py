@@ -123,6 +123,21 @@ def batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.ndar
     return [order[i:i + size] for i in range(0, n_rows - size + 1, size)]
 
 
+def contrastive_step(model: ClipModel, optimizer: torch.optim.Optimizer, data: PairSource, rows: np.ndarray, amp: bool) -> float:
+    """One optimiser step of the symmetric InfoNCE loss on the given rows (gradients zeroed first); returns the loss."""
+    device = model.device
+    pixels = data.image_batch(rows).to(device)
+    tokens = data.token_batch(rows, model.tokenizer, model.context_length).to(device)
+    with autocast(device, amp):
+        image_features, text_features, scale = model(pixels, tokens)
+    loss = clip_loss(image_features, text_features, scale)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.clamp_logit_scale()
+    return loss.item()
+
+
 def train_clip(
     model: ClipModel,
     train_data: PairSource,
@@ -142,7 +157,6 @@ def train_clip(
     uninterrupted run.
     """
     config = config or TrainConfig()
-    device = model.device
     n_batches = len(batches(len(train_data), config.batch_size, config.seed, 0))
     total = config.epochs * n_batches
     warmup = config.warmup_steps if config.warmup_steps is not None else max(1, total // 10)
@@ -160,17 +174,8 @@ def train_clip(
         bar = tqdm(batches(len(train_data), config.batch_size, config.seed, epoch), desc=f"{description} epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False, unit="batch")
         for rows in bar:
-            pixels = train_data.image_batch(rows).to(device)
-            tokens = train_data.token_batch(rows, model.tokenizer, model.context_length).to(device)
-            with autocast(device, use_amp):
-                image_features, text_features, scale = model(pixels, tokens)
-            loss = clip_loss(image_features, text_features, scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            losses.append(contrastive_step(model, optimizer, train_data, rows, use_amp))
             schedule.step()
-            model.clamp_logit_scale()
-            losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "train_seconds": time.perf_counter() - started}
         if test_data is not None:

@@ -20,9 +20,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
 from ..data.dataset import CaptionDataset
-from ..loss import clip_loss
 from ..models import ClipModel, create_model, resolve_device
-from ..train import autocast, parameter_groups
+from ..train import contrastive_step, parameter_groups
 from .artifact import Protection, ProtectedDataset
 from .hotflip import hotflip_step
 from .pgd import pgd_noise
@@ -185,16 +184,7 @@ class Protector:
         losses, started = [], time.perf_counter()
         for _ in tqdm(range(c.surrogate_steps), desc="surrogate", disable=not progress, leave=False):
             rows = rng.choice(len(view), size=min(c.batch_size, len(view)), replace=False)
-            pixels = view.image_batch(rows).to(self.device)
-            tokens = view.token_batch(rows, surrogate.tokenizer, surrogate.context_length).to(self.device)
-            with autocast(self.device, c.amp):
-                image_features, text_features, scale = surrogate(pixels, tokens)
-            loss = clip_loss(image_features, text_features, scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            surrogate.clamp_logit_scale()
-            losses.append(loss.item())
+            losses.append(contrastive_step(surrogate, optimizer, view, rows, c.amp))
         return {"surrogate_loss": float(np.mean(losses)), "surrogate_loss_last": float(np.mean(losses[-max(1, len(losses) // 10):])),
                 "surrogate_seconds": time.perf_counter() - started}
 
