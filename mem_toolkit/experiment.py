@@ -42,8 +42,13 @@ def run_arm(
     model_name: str = "mem-tiny-rn",
     device: str = "auto",
     progress: bool = True,
+    pretrained: str | os.PathLike | None = None,
 ) -> ArmResult:
-    """Train a fresh hacker `model_name` on `train_data` (resuming or reusing a finished run in `out_dir/name`)."""
+    """Train a fresh hacker `model_name` (from scratch, or from `pretrained` weights) on `train_data`.
+
+    A finished run in `out_dir/name` is reused and an interrupted one resumed, so give runs from
+    other starting weights their own `out_dir`.
+    """
     folder = Path(out_dir) / name
     timing = folder / "timing.json"
     if (folder / "history.json").exists() and timing.exists():
@@ -51,7 +56,7 @@ def run_arm(
         if len(history.epochs) == config.epochs and history.config == json.loads(json.dumps(config.__dict__)):
             return ArmResult(name, history, json.loads(timing.read_text())["seconds"])
     started = time.perf_counter()
-    model = create_model(model_name, device=resolve_device(device), seed=config.seed)
+    model = create_model(model_name, pretrained, device=resolve_device(device), seed=config.seed)
     history = train_run(model, train_data, test, config, folder, resume=True, progress=progress, description=name)
     seconds = time.perf_counter() - started
     timing.write_text(json.dumps({"seconds": seconds}))
