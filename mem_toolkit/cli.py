@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .data.pubfig import register_prepare
 from .errors import DataError
+from .faces_cli import register_faces
 
 
 def _add_data_args(parser: argparse.ArgumentParser, train: bool = True, test: bool = True) -> None:
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     register_prepare(commands)
+    register_faces(commands)
     return parser
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .data.dataset import CaptionDataset
 from .metrics import random_guess_metrics
-from .models import create_model, resolve_device
+from .models import ClipModel, create_model, resolve_device
 from .protect import Protection, Protector
 from .protect.base import ResumeMismatch
 from .train import History, PairSource, TrainConfig, train_run, write_json
@@ -50,15 +50,16 @@ def run_arm(
     device: str = "auto",
     progress: bool = True,
     data_key: str = "",
+    pretrained: str | os.PathLike | None = None,
 ) -> ArmResult:
-    """Train a fresh hacker `model_name` on `train_data` in `out_dir/name`, resuming or reusing a finished run.
+    """Train a fresh hacker `model_name` (from scratch, or from `pretrained` weights) on `train_data` in `out_dir/name`.
 
-    A finished or interrupted run is reused only if it had the same hacker, budget and `data_key`
-    (a name for the training data, e.g. the protection's settings); otherwise it starts afresh.
+    A finished or interrupted run is reused only if it had the same hacker, starting weights, budget
+    and `data_key` (a name for the training data, e.g. the protection's settings); otherwise it starts afresh.
     """
     folder = Path(out_dir) / name
     record_path = folder / "arm.json"
-    record = {"model": model_name, "config": json.loads(json.dumps(asdict(config))), "data_key": data_key}
+    record = {"model": model_name, "pretrained": None if pretrained is None else str(pretrained), "config": json.loads(json.dumps(asdict(config))), "data_key": data_key}
     previous = json.loads(record_path.read_text()) if record_path.exists() else None
     if previous is not None and {k: previous.get(k) for k in record} == record:
         if previous.get("seconds") is not None:
@@ -68,30 +69,33 @@ def run_arm(
     folder.mkdir(parents=True, exist_ok=True)
     write_json(record_path, record | {"seconds": None})
     started = time.perf_counter()
-    model = create_model(model_name, device=resolve_device(device), seed=config.seed)
+    model = create_model(model_name, pretrained, device=resolve_device(device), seed=config.seed)
     history = train_run(model, train_data, test, config, folder, resume=True, progress=progress, description=name)
     seconds = time.perf_counter() - started
     write_json(record_path, record | {"seconds": seconds})
     return ArmResult(name, history, seconds, folder=folder)
 
 
-def protect_cached(protector: Protector, dataset: CaptionDataset, folder: str | os.PathLike, progress: bool = True) -> Protection:
+def protect_cached(protector: Protector, dataset: CaptionDataset, folder: str | os.PathLike, progress: bool = True,
+                   surrogate: ClipModel | None = None) -> Protection:
     """The protection saved in `folder` if it was made with these settings; else make it (resuming) and save it there.
 
-    A folder holding a protection, or an interrupted run, made with other settings is cleared and
-    the work redone: a stale result is never returned.
+    `surrogate` starts the protection from given weights (default: the protector's from scratch).
+    A folder holding a protection, or an interrupted run, made with other settings or starting
+    weights is cleared and the work redone: a stale result is never returned.
     """
     folder = Path(folder)
+    pretrained = None if surrogate is None else surrogate.pretrained
     if (folder / "protection.json").exists():
         protection = Protection.load(folder, dataset)
-        if same_settings(protection.config, protector.get_params()):
+        if same_settings(protection.config, protector.get_params()) and protection.config.get("surrogate_pretrained") == pretrained:
             return protection
         shutil.rmtree(folder)
     try:
-        protection = protector.fit(dataset, work_dir=folder / "work", resume=True, progress=progress)
+        protection = protector.fit(dataset, surrogate, work_dir=folder / "work", resume=True, progress=progress)
     except ResumeMismatch:
         shutil.rmtree(folder / "work")
-        protection = protector.fit(dataset, work_dir=folder / "work", progress=progress)
+        protection = protector.fit(dataset, surrogate, work_dir=folder / "work", progress=progress)
     protection.save(folder)
     return protection
 

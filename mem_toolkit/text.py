@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Sequence
 
 import numpy as np
@@ -16,6 +16,7 @@ class CaptionTokenizer:
     """open_clip's BPE tokenizer plus the operations triggers need (assemble, whole-word vocabulary)."""
 
     def __init__(self, bpe: SimpleTokenizer | None = None) -> None:
+        self.default_vocabulary = bpe is None
         self.bpe = bpe or SimpleTokenizer()
         self.sot = self.bpe.sot_token_id
         self.eot = self.bpe.eot_token_id
@@ -63,21 +64,8 @@ class CaptionTokenizer:
 
     @cached_property
     def whole_word_ids(self) -> np.ndarray:
-        """Ids of tokens usable in a publishable trigger.
-
-        A token qualifies if it is a whole word (`...</w>`), made of 2+ ASCII letters, not special,
-        and the word re-tokenises to exactly that id, so `decode(trigger) + " " + caption` reads
-        back as the optimised ids.
-        """
-        allowed = []
-        for token_id in range(self.vocab_size):
-            token = self.bpe.decoder[token_id]
-            if not token.endswith("</w>"):
-                continue
-            word = token[:-4]
-            if _WORD.fullmatch(word) and self.bpe.encode(word) == [token_id]:
-                allowed.append(token_id)
-        return np.asarray(allowed, dtype=np.int64)
+        """Ids of tokens usable in a publishable trigger (see `whole_word_ids`); computed once per process for the default BPE."""
+        return _default_whole_word_ids().copy() if self.default_vocabulary else whole_word_ids(self.bpe)
 
     def trigger_text(self, ids: Sequence[int]) -> str:
         """The words of a trigger, to put in front of a published caption."""
@@ -87,3 +75,29 @@ class CaptionTokenizer:
         """Distinct token ids used by a set of tokenised captions."""
         used = np.unique(np.concatenate([np.asarray(c, dtype=np.int64) for c in captions])) if captions else np.zeros(0, np.int64)
         return used
+
+
+def whole_word_ids(bpe: SimpleTokenizer) -> np.ndarray:
+    """Ids of tokens usable in a publishable trigger.
+
+    A token qualifies if it is a whole word (`...</w>`), made of 2+ ASCII letters, not special,
+    and the word re-tokenises to exactly that id, so `decode(trigger) + " " + caption` reads
+    back as the optimised ids.
+    """
+    allowed = []
+    for token_id in range(bpe.vocab_size):
+        token = bpe.decoder[token_id]
+        if not token.endswith("</w>"):
+            continue
+        word = token[:-4]
+        if _WORD.fullmatch(word) and bpe.encode(word) == [token_id]:
+            allowed.append(token_id)
+    return np.asarray(allowed, dtype=np.int64)
+
+
+@cache
+def _default_whole_word_ids() -> np.ndarray:
+    """`whole_word_ids` of open_clip's default BPE: re-tokenising ~49k tokens takes seconds, so once per process."""
+    ids = whole_word_ids(SimpleTokenizer())
+    ids.setflags(write=False)
+    return ids

@@ -1,0 +1,58 @@
+"""`mem-toolkit faces`: the face case study from the command line (kept apart so `--help` stays fast)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def register_faces(commands: argparse._SubParsersAction) -> None:
+    """Add `mem-toolkit faces` to the command line."""
+    faces = commands.add_parser("faces", help="the face case study: protect named face photos with MEM-3 / MEM-5 and hack them (Table 3)")
+    faces.add_argument("--out", required=True, help="output folder: results.md, results.json, figures/, and the caches that let a run resume")
+    faces.add_argument("--data", default="synthetic", help="'synthetic', an identity folder root/<person>/<photo>, or a labels CSV image,identity")
+    faces.add_argument("--preset", default="quick", help="smoke (seconds: does it run), quick (minutes on a laptop CPU) or full (the strength run)")
+    faces.add_argument("--hackers", nargs="+", default=["mem-tiny-rn", "mem-tiny-vit"],
+                       help="hacker architectures (bundled configs or open_clip names)")
+    faces.add_argument("--pretrained", nargs="+", default=[], metavar="[ARCH=]WEIGHTS",
+                       help="fine-tune hackers from these weights (open_clip tag or checkpoint): ARCH=WEIGHTS per architecture, "
+                            "or one bare WEIGHTS for a single hacker; the others train from scratch")
+    faces.add_argument("--surrogate-model", default="mem-tiny-rn", help="architecture of the protection's surrogate")
+    faces.add_argument("--surrogate-pretrained", help="start the surrogate from these weights (default: from scratch)")
+    faces.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    faces.set_defaults(func=cmd_faces)
+
+
+def parse_hacker_weights(specs: Sequence[str], hackers: Sequence[str]) -> dict[str, str]:
+    """`ARCH=WEIGHTS` pairs (or one bare `WEIGHTS` when there is one hacker) -> {architecture: weights}."""
+    weights = {}
+    for spec in specs:
+        architecture, sep, path = spec.partition("=")
+        if not sep:
+            if len(hackers) != 1 or len(specs) != 1:
+                raise ValueError(f"--pretrained {spec!r}: name the architecture (ARCH=WEIGHTS) when there are several hackers")
+            architecture, path = hackers[0], spec
+        if architecture not in hackers:
+            raise ValueError(f"--pretrained {spec!r}: {architecture!r} is not among --hackers {list(hackers)}")
+        if architecture in weights:
+            raise ValueError(f"--pretrained gives weights for {architecture!r} twice")
+        weights[architecture] = path
+    return weights
+
+
+def cmd_faces(args) -> int:
+    from .faces_study import run_faces_study
+
+    try:
+        weights = parse_hacker_weights(args.pretrained, args.hackers)
+        results = run_faces_study(args.out, args.data, args.preset, args.hackers, weights, args.surrogate_model, args.surrogate_pretrained,
+                                  device=args.device)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(results["table"], results["control_table"], sep="\n\n", end="\n\n")
+    for text, ok in results["checks"].items():
+        print(f"{'ok ' if ok else 'NO '} {text}")
+    print(f"\nresults: {Path(args.out) / 'results.md'} and results.json; figures in {Path(args.out) / 'figures'}")
+    return 0

@@ -1,0 +1,360 @@
+"""The face case study (the paper's Table 3): protect named face photos with MEM-3 and MEM-5, then hack them.
+
+A hacker fine-tunes (or trains) a CLIP on (face photo, caption naming the person) pairs. Each
+hacker architecture is trained with one budget on the clean training photos, on the MEM-3 and
+MEM-5 protected ones, and on MEM-3's controls (its trigger without its noise, its noise without
+its trigger); every hacker is then asked, on the clean test photos, to name each face among all
+people (top-1 / top-5 beside chance) and to retrieve photos and captions (N x N, both directions).
+Protections, hackers and evaluations are cached in the output folder, so an interrupted study
+resumes and a finished one is reread, not recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.faces import make_faces
+from .data.identity import FaceData, load_identity_csv, load_identity_folder
+from .errors import DataError, Problem
+from .experiment import protect_cached, run_arm
+from .face_metrics import evaluate_faces
+from .models import ClipModel, create_model, load_model, resolve_device
+from .protect import MEM, Protection
+from .train import History, TrainConfig, write_json
+
+# Found on the synthetic faces (see `notes` in the results and the report that introduced this module).
+FACE_MEM_SETTINGS = dict(trigger_vocab_size=16, surrogate_reset=1, noise_init="trigger-code")
+
+
+@dataclass(frozen=True)
+class FacesPreset:
+    """Data size (synthetic faces), hacker budget and MEM settings of one case-study setting."""
+
+    n_people: int = 50
+    photos_per_person: int = 10
+    image_size: int = 64
+    hacker_epochs: int = 30
+    hacker_batch_size: int = 64
+    hacker_lr: float = 5e-4
+    mem: dict = field(default_factory=dict)  # ProtectConfig settings shared by MEM-3 and MEM-5
+    controls: tuple[str, ...] = ("trigger-only", "noise-only")  # of MEM-3, per hacker
+    seed: int = 0
+
+    def hacker_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.hacker_epochs, batch_size=self.hacker_batch_size, lr=self.hacker_lr, seed=self.seed + 1)
+
+
+PRESETS: dict[str, FacesPreset] = {
+    # seconds: checks that data, protection, hackers and figures run; its figures mean nothing
+    "smoke": FacesPreset(n_people=6, photos_per_person=3, hacker_epochs=1, hacker_batch_size=8,
+                         mem=dict(FACE_MEM_SETTINGS, rounds=1, surrogate_steps=1, pgd_steps=1, trigger_rounds=1, candidates=2, batch_size=8)),
+    "quick": FacesPreset(hacker_epochs=20, mem=dict(FACE_MEM_SETTINGS, rounds=6, surrogate_steps=40, pgd_steps=8, trigger_rounds=2,
+                                                    candidates=8)),
+    "full": FacesPreset(hacker_epochs=30, mem=dict(FACE_MEM_SETTINGS, rounds=10, surrogate_steps=50, pgd_steps=8, trigger_rounds=3,
+                                                   candidates=8)),
+}
+DEFAULT_HACKERS = ("mem-tiny-rn", "mem-tiny-vit")
+PROTECTIONS = ("mem-3", "mem-5")
+CONTROLS = {"trigger-only": dict(noise=False), "noise-only": dict(trigger=False)}
+TABLE_ROWS = {"clean": "Clean", "mem-3": "MEM-3", "mem-5": "MEM-5"}
+IDENTIFICATION_COLUMNS = (("identification", "top1", "top-1"), ("identification", "top5", "top-5"))
+RETRIEVAL_COLUMNS = (("retrieval", "i2t_R@1", "i2t R@1"), ("retrieval", "i2t_R@5", "i2t R@5"),
+                     ("retrieval", "t2i_R@1", "t2i R@1"), ("retrieval", "t2i_R@5", "t2i R@5"))
+
+
+def load_face_data(data: str | os.PathLike = "synthetic", preset: FacesPreset | None = None, progress: bool = True) -> FaceData:
+    """The case study's faces: `"synthetic"` (embedded), an identity folder `root/<person>/<photo>`, or a CSV `image,identity`."""
+    preset = preset or PRESETS["quick"]
+    if str(data) == "synthetic":
+        return make_faces(preset.n_people, preset.photos_per_person, preset.image_size, preset.seed, progress=progress)
+    path = Path(data)
+    if path.is_dir():
+        return load_identity_folder(path, preset.image_size, seed=preset.seed, progress=progress)
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".txt"):
+        return load_identity_csv(path, preset.image_size, seed=preset.seed, progress=progress)
+    reason = "not found" if not path.exists() else "is neither a folder (root/<person>/<photo>) nor a CSV file (image,identity)"
+    raise DataError([Problem(str(path), None, f"face data {reason}; pass 'synthetic', an identity folder or a labels CSV")])
+
+
+def face_protectors(preset: FacesPreset, device: str | torch.device = "auto") -> dict[str, MEM]:
+    """MEM-3 and MEM-5 with the preset's settings."""
+    return {name: MEM(int(name.split("-")[1]), device=device, **({"seed": preset.seed} | preset.mem)) for name in PROTECTIONS}
+
+
+def protect_faces(face_data: FaceData, preset: FacesPreset, out_dir: str | os.PathLike, surrogate_model: str = "mem-tiny-rn",
+                  surrogate_pretrained: str | os.PathLike | None = None, progress: bool = True,
+                  device: str | torch.device = "auto") -> tuple[dict[str, Protection], dict[str, float]]:
+    """MEM-3 and MEM-5 protections of the training faces (from `out_dir/protections` when made before), with seconds spent."""
+    protections, seconds = {}, {}
+    for name, protector in face_protectors(preset, device).items():
+        folder = Path(out_dir) / "protections" / name
+        started = time.perf_counter()
+        surrogate = None
+        if surrogate_pretrained is not None:
+            surrogate = create_model(surrogate_model, pretrained=surrogate_pretrained, device=protector.device)
+        elif surrogate_model != protector.config.surrogate_model:
+            protector = MEM(protector.config.trigger_len, device=device, **(protector.get_params() | {"surrogate_model": surrogate_model}))
+        protections[name] = protect_cached(protector, face_data.train, folder, progress, surrogate)
+        seconds[name] = time.perf_counter() - started
+    return protections, seconds
+
+
+@dataclass
+class HackerResult:
+    """One hacker (architecture x training data): its clean-test face metrics, training history and wall time."""
+
+    architecture: str
+    arm: str
+    metrics: dict
+    history: History
+    seconds: float
+    folder: Path
+
+    def model(self, device: str | torch.device = "cpu") -> ClipModel:
+        """The trained hacker, reloaded from its run folder."""
+        return load_model(self.folder / "model.safetensors", device)
+
+
+def hacker_arms(face_data: FaceData, protections: Mapping[str, Protection], controls: Sequence[str]) -> dict:
+    """Training data of every hacker: clean, each protection, and MEM-3's controls."""
+    unknown = sorted(set(controls) - set(CONTROLS))
+    if unknown:
+        raise ValueError(f"unknown control(s) {unknown}; choose from {sorted(CONTROLS)}")
+    arms = {"clean": face_data.train} | {name: p.apply(face_data.train) for name, p in protections.items()}
+    return arms | {f"mem-3 {c}": protections["mem-3"].apply(face_data.train, **CONTROLS[c]) for c in controls}
+
+
+def train_hackers(face_data: FaceData, arms: Mapping, preset: FacesPreset, out_dir: str | os.PathLike,
+                  hackers: Sequence[str] = DEFAULT_HACKERS, hacker_weights: Mapping[str, str | os.PathLike] | None = None,
+                  progress: bool = True, device: str | torch.device = "auto") -> dict[str, dict[str, HackerResult]]:
+    """Train one fresh hacker per architecture and arm with the same budget, and evaluate it on the clean test faces.
+
+    `hacker_weights[architecture]` starts that architecture from given weights (the paper fine-tunes
+    pretrained CLIPs); others train from scratch. Finished hackers are reread from `out_dir/hackers`.
+    """
+    hacker_weights = dict(hacker_weights or {})
+    stray = sorted(set(hacker_weights) - set(hackers))
+    if stray:
+        raise ValueError(f"weights given for {stray}, which are not among the hackers {list(hackers)}")
+    config = preset.hacker_config()
+    device = resolve_device(device)
+    results: dict[str, dict[str, HackerResult]] = {}
+    jobs = [(architecture, arm) for architecture in hackers for arm in arms]
+    for architecture, arm in tqdm(jobs, desc="hackers", disable=not progress, unit="hacker"):
+        weights = hacker_weights.get(architecture)
+        folder = Path(out_dir) / "hackers" / _hacker_key(architecture, weights)
+        run = run_arm(arm, arms[arm], face_data.test, config, folder, architecture, device, progress, pretrained=weights)
+        result = HackerResult(architecture, arm, {}, run.history, run.seconds, folder / arm)
+        result.metrics = _evaluation(result, face_data, device)
+        results.setdefault(architecture, {})[arm] = result
+    return results
+
+
+def _hacker_key(architecture: str, weights: str | os.PathLike | None) -> str:
+    """Run folder of an architecture: its name, plus a digest of the starting weights when fine-tuning."""
+    if weights is None:
+        return architecture
+    return f"{architecture}-from-{hashlib.sha1(str(weights).encode()).hexdigest()[:8]}"
+
+
+def _evaluation(result: HackerResult, face_data: FaceData, device) -> dict:
+    """Clean-test identification and retrieval of a trained hacker (cached beside its weights)."""
+    cache = result.folder / "faces_eval.json"
+    stamp = {"test": face_data.test.fingerprint(), "epochs": len(result.history.epochs), "names": face_data.names}
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("stamp") == stamp:
+            return saved["metrics"]
+    metrics = evaluate_faces(result.model(device), face_data)
+    write_json(cache, {"stamp": stamp, "metrics": metrics})
+    return metrics
+
+
+def faces_table(results: Mapping[str, Mapping[str, HackerResult]], rows: Mapping[str, str] = TABLE_ROWS, title: str = "") -> str:
+    """Markdown table in the paper's Table 3 layout: one row per training data, a column group per hacker architecture."""
+    architectures = list(results)
+    columns = IDENTIFICATION_COLUMNS + RETRIEVAL_COLUMNS
+    head = "| hacker trained on | " + " | ".join(f"{a} {label}" for a in architectures for _, _, label in columns) + " |"
+    lines = ([f"**{title}**", ""] if title else []) + [head, "|---|" + "---:|" * (len(columns) * len(architectures))]
+    for arm, label in rows.items():
+        if all(arm in results[a] for a in architectures):
+            lines.append(f"| {label} | " + " | ".join(f"{results[a][arm].metrics[group][key]:.1f}" for a in architectures
+                                                      for group, key, _ in columns) + " |")
+    first = results[architectures[0]]["clean"].metrics
+    chance = [first["identification"]["chance_top1"], first["identification"]["chance_top5"],
+              first["retrieval_random"]["i2t_R@1"], first["retrieval_random"]["i2t_R@5"],
+              first["retrieval_random"]["t2i_R@1"], first["retrieval_random"]["t2i_R@5"]]
+    lines.append("| chance | " + " | ".join(f"{value:.1f}" for _ in architectures for value in chance) + " |")
+    return "\n".join(lines)
+
+
+def efficacy_checks(results: Mapping[str, Mapping[str, HackerResult]]) -> dict[str, bool]:
+    """The case study's claims per architecture: the clean hacker names people far above chance, MEM-3's near chance."""
+    checks = {}
+    for architecture, arms in results.items():
+        clean, chance = arms["clean"].metrics["identification"], arms["clean"].metrics["identification"]["chance_top1"]
+        checks[f"{architecture}: clean top-1 >= 5x chance"] = clean["top1"] >= 5 * chance
+        if "mem-3" in arms:
+            checks[f"{architecture}: MEM-3 top-1 <= 2x chance"] = arms["mem-3"].metrics["identification"]["top1"] <= 2 * chance
+    return checks
+
+
+def run_faces_study(
+    out_dir: str | os.PathLike,
+    data: str | os.PathLike | FaceData = "synthetic",
+    preset: str | FacesPreset = "quick",
+    hackers: Sequence[str] = DEFAULT_HACKERS,
+    hacker_weights: Mapping[str, str | os.PathLike] | None = None,
+    surrogate_model: str = "mem-tiny-rn",
+    surrogate_pretrained: str | os.PathLike | None = None,
+    progress: bool = True,
+    device: str | torch.device = "auto",
+) -> dict:
+    """Run the whole case study into `out_dir` (results.json, results.md, figures/); returns the results dict.
+
+    `data`: `"synthetic"`, an identity folder, a labels CSV, or a `FaceData`. `hacker_weights`:
+    architecture -> starting weights (open_clip tag or checkpoint) for fine-tuning hackers;
+    `surrogate_pretrained`: starting weights of the protection's surrogate (default: from scratch).
+    """
+    preset = _preset(preset)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stages: dict[str, float] = {}
+    clock = time.perf_counter()
+    face_data = data if isinstance(data, FaceData) else load_face_data(data, preset, progress)
+    stages["data"] = time.perf_counter() - clock
+    source = "synthetic" if str(data) == "synthetic" else ("FaceData" if isinstance(data, FaceData) else str(Path(data).resolve()))
+    _check_manifest(out, {"data": source, "train": face_data.train.fingerprint(), "test": face_data.test.fingerprint(),
+                          "preset": json.loads(json.dumps(asdict(preset)))})
+    face_data.save_names(out / "names.json")
+    protections, seconds = protect_faces(face_data, preset, out, surrogate_model, surrogate_pretrained, progress, device)
+    stages |= {f"protect {name}": s for name, s in seconds.items()}
+    arms = hacker_arms(face_data, protections, preset.controls)
+    results = train_hackers(face_data, arms, preset, out, hackers, hacker_weights, progress, device)
+    stages |= {f"hacker {a} {arm}": r.seconds for a, arms_ in results.items() for arm, r in arms_.items()}
+    clock = time.perf_counter()
+    figures = write_figures(out / "figures", face_data, protections, results)
+    stages["figures"] = time.perf_counter() - clock
+    return _write_results(out, preset, face_data, source, protections, results, stages, figures, hacker_weights or {}, surrogate_pretrained)
+
+
+def _preset(preset: str | FacesPreset) -> FacesPreset:
+    if isinstance(preset, FacesPreset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[preset]
+
+
+def _check_manifest(out: Path, manifest: dict) -> None:
+    """Refuse to mix two studies (other data or settings) in one output folder."""
+    path = out / "study.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        differing = sorted(k for k in manifest if saved.get(k) != manifest[k])
+        if differing:
+            raise ValueError(f"{out} holds a face study with other {', '.join(differing)}; use another output folder or remove that one")
+    else:
+        write_json(path, manifest)
+
+
+def write_figures(folder: str | os.PathLike, face_data: FaceData, protections: Mapping[str, Protection],
+                  results: Mapping[str, Mapping[str, HackerResult]], n_examples: int = 4) -> list[str]:
+    """Protected faces with their trigger captions, hacker curves, and attention maps before and after protection."""
+    from matplotlib import pyplot as plt
+
+    from .plots import plot_curves, plot_noise_grid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    train = face_data.train
+    people = np.unique(face_data.train_identity, return_index=True)[1][:n_examples]  # one photo of each of the first people
+    rows = [int(train.rows_of_group()[g][0]) for g in people]
+    for name, protection in protections.items():
+        noise = [np.asarray(protection.noise[protection.unit_of_row[r]]) for r in rows]
+        captions = [protection.published_caption(train, r) for r in rows]
+        path = folder / f"examples_{name}.png"
+        plt.close(plot_noise_grid(train.images(train.group_ids[rows]), noise, captions, eps=protection.eps, save=path))
+        written.append(path)
+    random = next(iter(results.values()))["clean"].metrics["retrieval_random"]
+    for architecture, arms in results.items():
+        path = folder / f"curves_{architecture}.png"
+        plt.close(plot_curves({arm: r.history for arm, r in arms.items()}, metrics=("i2t_R@5", "t2i_R@5"), loss="epoch", random=random,
+                              save=path))
+        written.append(path)
+    first = next(iter(results.values()))
+    if "mem-3" in first:
+        written += attention_figures(folder, face_data, protections["mem-3"], first["clean"].model(), first["mem-3"].model())
+    return [str(p) for p in written]
+
+
+def attention_figures(folder: Path, face_data: FaceData, protection: Protection, clean_hacker: ClipModel, mem_hacker: ClipModel,
+                      person: int = 0) -> list[Path]:
+    """Grad-CAM on one person's clean test face (clean vs MEM-3 hacker) and on a protected photo; IG over a protected caption."""
+    from matplotlib import pyplot as plt
+
+    from .explain import explain_image, explain_text
+    from .plots import plot_image_attention, plot_token_attention
+
+    test, train = face_data.test, face_data.train
+    test_face = test.images([int(np.flatnonzero(face_data.test_identity == person)[0])])[0]
+    caption = test.captions[int(np.flatnonzero(test.group_ids == np.flatnonzero(face_data.test_identity == person)[0])[0])]
+    row = int(train.rows_of_group()[int(np.flatnonzero(face_data.train_identity == person)[0])][0])
+    view = protection.apply(train)
+    protected_face = view.image_batch([row])[0]
+    protected_tokens = view.token_batch([row], mem_hacker.tokenizer, mem_hacker.context_length)[0]
+    labelled = [
+        ("clean hacker, clean face", explain_image(clean_hacker, test_face, caption)),
+        ("MEM-3 hacker, clean face", explain_image(mem_hacker, test_face, caption)),
+        ("MEM-3 hacker, protected photo", explain_image(mem_hacker, protected_face, protected_tokens)),
+    ]
+    image_path, text_path = folder / "attention_image.png", folder / "attention_text.png"
+    plt.close(plot_image_attention([replace(e, caption=f"{label}: {e.caption}") for label, e in labelled], show_image=False, save=image_path))
+    text = [explain_text(model, protected_face, protected_tokens, trigger_len=protection.trigger_len) for model in (mem_hacker, clean_hacker)]
+    plt.close(plot_token_attention(text, labels=[f"MEM-3 hacker (cos = {text[0].score:.2f})", f"clean hacker (cos = {text[1].score:.2f})"],
+                                   save=text_path))
+    return [image_path, text_path]
+
+
+def _write_results(out: Path, preset: FacesPreset, face_data: FaceData, source: str, protections: Mapping[str, Protection],
+                   results, stages: dict, figures: list[str], hacker_weights: Mapping, surrogate_pretrained) -> dict:
+    trained = ", ".join(f"{a} ({'fine-tuned from ' + str(hacker_weights[a]) if a in hacker_weights else 'from scratch'})" for a in results)
+    title = (f"Face case study on {source}: {face_data.n_people} people, {face_data.train.n_images} training photos, "
+             f"{face_data.test.n_images} clean test photos. Hackers {trained}, {preset.hacker_epochs} epochs each. "
+             "Identification top-k and N x N retrieval R@k in %.")
+    table = faces_table(results, TABLE_ROWS, title)
+    controls = {f"mem-3 {c}": f"MEM-3 {c}" for c in preset.controls}
+    control_table = faces_table(results, {"clean": "Clean", "mem-3": "MEM-3"} | controls, "MEM-3 beside its controls") if controls else ""
+    checks = efficacy_checks(results)
+    payload = {
+        "data": {"source": source, "people": face_data.n_people, "train_photos": face_data.train.n_images,
+                 "train_captions": len(face_data.train), "test_photos": face_data.test.n_images},
+        "preset": asdict(preset),
+        "hackers": {a: {"weights": str(hacker_weights[a]) if a in hacker_weights else None,
+                        "arms": {arm: {"metrics": r.metrics, "seconds": r.seconds, "history": r.history.to_dict()} for arm, r in arms.items()}}
+                    for a, arms in results.items()},
+        "protections": {name: {"config": p.config, "diagnostics": p.diagnostics, "example_triggers": p.trigger_words()[:10],
+                               "surrogate_pretrained": None if surrogate_pretrained is None else str(surrogate_pretrained)}
+                        for name, p in protections.items()},
+        "checks": checks,
+        "stage_seconds": stages,
+        "table": table,
+        "control_table": control_table,
+        "figures": figures,
+    }
+    write_json(out / "results.json", payload)
+    check_lines = "\n".join(f"- {text}: {'yes' if ok else 'NO'}" for text, ok in checks.items())
+    timing = "\n".join(f"| {stage} | {seconds:.0f} |" for stage, seconds in stages.items())
+    (out / "results.md").write_text(f"{table}\n\n{control_table}\n\n**Checks**\n\n{check_lines}\n\n"
+                                    f"**Time per stage (seconds)**\n\n| stage | seconds |\n|---|---:|\n{timing}\n")
+    return payload

@@ -1,0 +1,131 @@
+"""The face case study end to end at a tiny size: Table 3 rows and columns, metrics, figures, resuming, the CLI, real photos."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from mem_toolkit.cli import main
+from mem_toolkit.faces_cli import parse_hacker_weights
+from mem_toolkit.faces_study import PRESETS, load_face_data, run_faces_study
+from mem_toolkit.models import create_model
+from mem_toolkit.protect import Protection
+
+SMOKE = PRESETS["smoke"]
+HACKERS = ("mem-tiny-rn", "mem-tiny-vit")
+FIGURES = ("examples_mem-3.png", "examples_mem-5.png", "curves_mem-tiny-rn.png", "curves_mem-tiny-vit.png", "attention_image.png",
+           "attention_text.png")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faces")
+    return out, run_faces_study(out, "synthetic", SMOKE, HACKERS, progress=False)
+
+
+def test_study_writes_table_3_metrics_and_figures(study):
+    out, results = study
+    table = (out / "results.md").read_text()
+    header = table.splitlines()[2]
+    for hacker in HACKERS:
+        assert f"{hacker} top-1" in header and f"{hacker} top-5" in header and f"{hacker} t2i R@1" in header
+    for row in ("Clean", "MEM-3", "MEM-5", "chance", "MEM-3 trigger-only", "MEM-3 noise-only"):
+        assert f"| {row} |" in table
+    assert "Time per stage" in table and "protect mem-5" in table
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["data"] == {"source": "synthetic", "people": 6, "train_photos": 12, "train_captions": 12, "test_photos": 6}
+    for hacker in HACKERS:
+        arms = saved["hackers"][hacker]["arms"]
+        assert list(arms) == ["clean", "mem-3", "mem-5", "mem-3 trigger-only", "mem-3 noise-only"]
+        metrics = arms["mem-3"]["metrics"]
+        assert metrics["identification"]["n_people"] == 6 and metrics["identification"]["chance_top1"] == pytest.approx(100 / 6)
+        assert {"top1", "top5", "mean_rank"} <= set(metrics["identification"])
+        assert {"i2t_R@1", "t2i_R@1", "t2i_MedR"} <= set(metrics["retrieval"])
+        assert metrics["retrieval_random"]["i2t_R@1"] == pytest.approx(100 / 6)
+        assert arms["clean"]["history"]["epochs"][0]["epoch"] == 1
+    assert len(saved["protections"]["mem-5"]["example_triggers"][0].split()) == 5
+    assert set(saved["checks"]) == {f"{h}: {c}" for h in HACKERS for c in ("clean top-1 >= 5x chance", "MEM-3 top-1 <= 2x chance")}
+    for figure in FIGURES:
+        assert (out / "figures" / figure).stat().st_size > 5000
+    assert json.loads((out / "names.json").read_text())["pseudonyms"]
+
+
+def test_study_resumes_from_its_cache(study):
+    out, results = study
+    # an interrupted run: one hacker never recorded its finish nor its evaluation, one protection lost its final save
+    # (their per-epoch and per-round checkpoints remain)
+    hacker = out / "hackers" / "mem-tiny-vit" / "mem-5"
+    (hacker / "arm.json").write_text(json.dumps(json.loads((hacker / "arm.json").read_text()) | {"seconds": None}))
+    (hacker / "faces_eval.json").unlink()
+    (out / "protections" / "mem-5" / "protection.json").unlink()
+    again = run_faces_study(out, "synthetic", SMOKE, HACKERS, progress=False)
+    for hacker in HACKERS:
+        for arm, saved in results["hackers"][hacker]["arms"].items():
+            assert again["hackers"][hacker]["arms"][arm]["metrics"] == saved["metrics"], (hacker, arm)
+    assert again["stage_seconds"]["hacker mem-tiny-rn clean"] == results["stage_seconds"]["hacker mem-tiny-rn clean"]  # reread, not retrained
+    assert again["protections"]["mem-5"]["example_triggers"] == results["protections"]["mem-5"]["example_triggers"]
+    assert Protection.load(out / "protections" / "mem-5").config["trigger_len"] == 5
+
+
+def test_study_refuses_another_setting_in_the_same_folder(study):
+    out, _ = study
+    with pytest.raises(ValueError, match="preset"):
+        run_faces_study(out, "synthetic", replace(SMOKE, hacker_epochs=2), HACKERS, progress=False)
+
+
+def test_bad_face_data_is_named(tmp_path):
+    with pytest.raises(Exception, match="not found"):
+        load_face_data(tmp_path / "missing")
+
+
+def test_hacker_weights_are_parsed_per_architecture():
+    assert parse_hacker_weights(["a.safetensors"], ["mem-tiny-rn"]) == {"mem-tiny-rn": "a.safetensors"}
+    assert parse_hacker_weights(["mem-tiny-vit=v.safetensors"], HACKERS) == {"mem-tiny-vit": "v.safetensors"}
+    with pytest.raises(ValueError, match="name the architecture"):
+        parse_hacker_weights(["a.safetensors"], HACKERS)
+    with pytest.raises(ValueError, match="not among"):
+        parse_hacker_weights(["RN50=a.safetensors"], HACKERS)
+
+
+def test_cli_fine_tunes_a_hacker_from_given_weights(tmp_path, capsys):
+    weights = tmp_path / "start.safetensors"
+    start = create_model("mem-tiny-rn", seed=7)
+    start.save(weights)
+    out = tmp_path / "study"
+    code = main(["--threads", "1", "faces", "--out", str(out), "--preset", "smoke", "--hackers", "mem-tiny-rn", "--pretrained", str(weights)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| MEM-3 |" in printed and "mem-tiny-rn top-1" in printed
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["hackers"]["mem-tiny-rn"]["weights"] == str(weights)
+    runs = [p.name for p in (out / "hackers").iterdir()]
+    assert len(runs) == 1 and runs[0].startswith("mem-tiny-rn-from-")
+    # the hacker started from the given weights: one epoch moved it only a little away from them
+    trained = create_model("mem-tiny-rn", pretrained=out / "hackers" / runs[0] / "clean" / "model.safetensors")
+    scratch = create_model("mem-tiny-rn", seed=SMOKE.hacker_config().seed)  # where a hacker from scratch would start
+    distance = lambda a, b: sum(float((p - q).detach().norm()) for p, q in zip(a.parameters(), b.parameters()))  # noqa: E731
+    assert distance(trained, start) < distance(trained, scratch) / 2
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    assert main(["faces", "--out", str(tmp_path / "o"), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["faces", "--out", str(tmp_path / "o"), "--pretrained", "x.safetensors"]) == 2
+    assert "name the architecture" in capsys.readouterr().err
+    assert main(["faces", "--out", str(tmp_path / "o2"), "--preset", "huge"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_face_photos_run_end_to_end(shared_data, tmp_path):
+    """AT&T faces (40 people, 10 grey photos each) through the whole pipeline at a tiny budget."""
+    preset = replace(SMOKE, hacker_batch_size=60, mem=dict(SMOKE.mem, batch_size=60), controls=())
+    results = run_faces_study(tmp_path, shared_data / "att_faces", preset, ["mem-tiny-rn"], progress=False)
+    assert results["data"]["people"] == 40 and results["data"]["test_photos"] == 40 and results["data"]["train_photos"] == 360
+    arms = results["hackers"]["mem-tiny-rn"]["arms"]
+    assert list(arms) == ["clean", "mem-3", "mem-5"]
+    assert arms["clean"]["metrics"]["identification"]["chance_top1"] == pytest.approx(2.5)
+    assert np.isfinite(arms["mem-3"]["metrics"]["retrieval"]["rsum"])
+    assert (tmp_path / "figures" / "attention_image.png").stat().st_size > 5000
