@@ -16,7 +16,10 @@ class MEM(Protector):
     presets = {
         "paper": dict(rounds=20, surrogate_steps=200, surrogate_lr=1e-4, pgd_steps=8, trigger_rounds=5, candidates=16,
                       beam=1, batch_size=128, eps=8, granularity="row"),
-        "cpu": dict(rounds=6, surrogate_steps=30, pgd_steps=5, trigger_rounds=2, candidates=8, batch_size=128, eps=8),
+        # tuned on the embedded shapes: a small trigger vocabulary and a surrogate restarted every round,
+        # trained briefly at a higher lr, so the noise<->trigger shortcut is what it learns first
+        "cpu": dict(rounds=10, surrogate_steps=20, surrogate_lr=5e-4, surrogate_reset=1, pgd_steps=5, trigger_rounds=2, candidates=8,
+                    trigger_vocab_size=24, batch_size=128, eps=8, granularity="image"),
     }
 
     def __init__(self, trigger_len: int = 3, preset: str | None = None, **settings) -> None:
