@@ -105,6 +105,8 @@ def _protector(args):
         "trigger_rounds": args.trigger_rounds, "candidates": args.candidates, "beam": args.beam, "batch_size": args.batch_size,
         "granularity": args.granularity, "n_clusters": args.n_clusters, "trigger_init": args.trigger_init,
         "surrogate_model": args.surrogate_model, "surrogate_epochs": args.surrogate_epochs, "seed": args.seed,
+        "surrogate_lr": args.surrogate_lr, "surrogate_reset": args.surrogate_reset, "trigger_vocab_size": args.trigger_vocab_size,
+        "noise_init": args.noise_init, "step_size": args.step_size,
     }.items() if v is not None}
     if args.all_tokens:
         settings["exclude_caption_vocab"] = False
@@ -237,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--rounds", type=int)
     protect.add_argument("--surrogate-steps", type=int)
     protect.add_argument("--pgd-steps", type=int)
+    protect.add_argument("--step-size", type=int, help="PGD step in 1/255 units")
     protect.add_argument("--trigger-rounds", type=int)
     protect.add_argument("--candidates", type=int)
     protect.add_argument("--beam", type=int)
@@ -248,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--surrogate-model")
     protect.add_argument("--surrogate-checkpoint", help="start the surrogate from these weights (open_clip tag or path)")
     protect.add_argument("--surrogate-epochs", type=int, help="UAP: epochs of clean surrogate training")
+    protect.add_argument("--surrogate-lr", type=float)
+    protect.add_argument("--surrogate-reset", type=int, help="restart the surrogate every N rounds (0: never)")
+    protect.add_argument("--trigger-vocab-size", type=int, help="draw triggers from a seeded subset of N words (0: all allowed words)")
+    protect.add_argument("--noise-init", choices=["zero", "uniform", "trigger-code"])
     protect.add_argument("--seed", type=int)
     protect.add_argument("--device", default="auto")
     protect.add_argument("--out", required=True, help="protection folder (work/ inside holds per-round checkpoints)")

@@ -13,11 +13,14 @@ def test_protect_export_verify_and_resume(tmp_path, capsys):
     protection = tmp_path / "prot"
     args = ["protect", "--method", "mem", "--trigger-len", "2", "--eps", "4", "--rounds", "2", "--surrogate-steps", "1",
             "--pgd-steps", "1", "--trigger-rounds", "1", "--candidates", "3", "--batch-size", "12",
+            "--trigger-vocab-size", "10", "--surrogate-reset", "1", "--surrogate-lr", "5e-4", "--noise-init", "trigger-code",
             "--train-csv", str(data / "train.csv"), "--out", str(protection)]
     assert main(args) == 0
     info = json.loads((protection / "protection.json").read_text())
     assert info["method"] == "mem-2" and info["eps"] == 4 and len(info["diagnostics"]) == 2
     assert info["config"]["dataset"]["train_csv"].endswith("train.csv")
+    assert {k: info["config"][k] for k in ("trigger_vocab_size", "surrogate_reset", "surrogate_lr", "noise_init")} == {
+        "trigger_vocab_size": 10, "surrogate_reset": 1, "surrogate_lr": 5e-4, "noise_init": "trigger-code"}
     assert (protection / "work" / "state.safetensors").exists()
     assert main(args + ["--resume"]) == 0  # already finished: resumes at round 2 of 2 and saves the same artifact
     assert json.loads((protection / "protection.json").read_text())["diagnostics"] == info["diagnostics"]
