@@ -11,7 +11,9 @@ import pytest
 from mem_toolkit.notebooks import FAST_ENV, FIGURES_ENV, RUN_DIR_ENV, execute_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["01_quickstart", "02_training_curves", "03_transferability", "04_attention_maps", "05_tsne", "06_explorer"]
+NAMES = ["01_quickstart", "02_training_curves", "03_transferability", "04_attention_maps", "05_tsne", "06_explorer", "face_case_study"]
+# How each notebook is pointed at the user's own data (in its parameters cell, explained in its first markdown cell).
+YOUR_DATA = {"face_case_study": ["DATA"]}
 # Statements that would make a notebook hold algorithm code instead of calling the library.
 NOT_IN_NOTEBOOKS = re.compile(r"^\s*(def|class|for|while|with|try|lambda)\b|^\s*import torch|\.backward\(", re.MULTILINE)
 
@@ -32,8 +34,10 @@ def test_notebook_is_committed_clean_with_a_parameters_cell_and_only_library_cal
     assert all(not cell.outputs and cell.execution_count is None for cell in code_cells), "commit notebooks without outputs"
     assert code_cells[0].metadata.get("tags") == ["parameters"]
     parameters = code_cells[0].source
-    assert FAST_ENV in parameters and "TRAIN_CSV = None" in parameters and "TEST_CSV = None" in parameters
-    assert notebook.cells[0].cell_type == "markdown" and "TRAIN_CSV" in notebook.cells[0].source  # how to use your own data
+    assert FAST_ENV in parameters
+    for variable in YOUR_DATA.get(name, ["TRAIN_CSV", "TEST_CSV"]):
+        assert f"\n{variable} = " in parameters
+        assert notebook.cells[0].cell_type == "markdown" and f"`{variable}`" in notebook.cells[0].source  # how to use your own data
     assert notebook.metadata.kernelspec.name == "python3"
     for source in _code(notebook):
         assert not NOT_IN_NOTEBOOKS.search(source), f"algorithm code in {name}: {source[:200]}"
@@ -114,6 +118,16 @@ def test_explorer(executed):
     assert any("random guess" in value for value in html)
     images = [model for model in state.values() if model["model_name"] == "ImageModel"]
     assert len(images) == 2
+
+
+def test_face_case_study(executed):
+    notebook, _ = executed("face_case_study")
+    tables = "".join(_outputs(notebook, "text/markdown"))
+    for row in ("Clean", "MEM-3", "MEM-5", "MEM-3 trigger-only", "MEM-3 noise-only", "chance"):
+        assert f"| {row} |" in tables
+    assert "mem-tiny-rn top-1" in tables and "mem-tiny-vit top-1" in tables
+    assert len(_outputs(notebook, "image/png")) == 5  # two protections' examples, curves, Grad-CAM, Integrated Gradients
+    assert "MEM-3 top-1 <= 2x chance" in "".join(_outputs(notebook, "text/plain"))
 
 
 def test_runner_reports_a_failing_cell_keeps_its_output_and_exits_1(tmp_path, capsys):
