@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from .data.shapes import make_shapes_split
 from .experiment import ArmResult, protect_cached, random_guess, results_table, run_arm
 from .protect import EM, MEM, UAP, Protection, StrippedView, random_id_protection
-from .workspace import data_key
 from .text import CaptionTokenizer
 from .train import TrainConfig, write_json
 
@@ -106,15 +105,14 @@ def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", pro
     config = preset.hacker_config()
     results: dict[str, ArmResult] = {}
     for name, data in tqdm(arms.items(), desc="hackers", disable=not progress, unit="hacker"):
-        results[name] = run_arm(name, data, test, config, out / "hackers", preset.hacker_model, device, progress, data_key=data_key(data))
+        results[name] = run_arm(name, data, test, config, out / "hackers", preset.hacker_model, device, progress)
         stages[f"hacker {name}"] = results[name].seconds
     stripped = StrippedView(mem3.apply(train), 3)
     if _same_training_data(stripped, arms["mem-3-noise-only"], train, config.batch_size):
         results["mem-3-stripped"] = ArmResult("mem-3-stripped", results["mem-3-noise-only"].history, 0.0,
                                               note="stripping the 3 trigger tokens gives exactly the noise-only training data (checked token by token)")
     else:
-        results["mem-3-stripped"] = run_arm("mem-3-stripped", stripped, test, config, out / "hackers", preset.hacker_model, device, progress,
-                                            data_key=data_key(stripped))
+        results["mem-3-stripped"] = run_arm("mem-3-stripped", stripped, test, config, out / "hackers", preset.hacker_model, device, progress)
     return _write_results(out, preset, results, protections, train, test, stages)
 
 

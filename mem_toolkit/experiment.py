@@ -5,6 +5,7 @@ where it stopped and finished arms are never recomputed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import numpy as np
 from .data.dataset import CaptionDataset
 from .metrics import random_guess_metrics
 from .models import ClipModel, create_model, resolve_device
-from .protect import Protection, Protector
+from .protect import ProtectedDataset, Protection, Protector, StrippedView
 from .protect.base import ResumeMismatch
 from .train import History, PairSource, TrainConfig, train_run, write_json
 
@@ -40,6 +41,33 @@ class ArmResult:
         return self.history.final
 
 
+def cache_key(*parts) -> str:
+    """Short stable hash of JSON-able parts (settings, fingerprints, names)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def protection_digest(protection: Protection) -> str:
+    """Hash of what a protection does to data: method, ε, noise, triggers and row-to-unit map (chunked: noise may be a memory map)."""
+    digest = hashlib.sha256(json.dumps([protection.method, protection.eps, protection.fingerprint]).encode())
+    for array in (protection.triggers, protection.unit_of_row):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    for start in range(0, protection.n_units, 1024):
+        digest.update(np.ascontiguousarray(protection.noise[start:start + 1024]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def data_key(source: PairSource) -> str:
+    """Identity of training data: a dataset's fingerprint, or its base plus the protection and controls applied to it."""
+    if isinstance(source, CaptionDataset):
+        return source.fingerprint()
+    if isinstance(source, ProtectedDataset):
+        return cache_key(source.base.fingerprint(), protection_digest(source.protection), source.use_noise, source.use_trigger)
+    if isinstance(source, StrippedView):
+        return cache_key(data_key(source.source), "stripped", source.k)
+    raise TypeError(f"cannot tell which data a {type(source).__name__} holds; train it with experiment.run_arm and a folder of your own")
+
+
 def run_arm(
     name: str,
     train_data: PairSource,
@@ -49,17 +77,18 @@ def run_arm(
     model_name: str = "mem-tiny-rn",
     device: str = "auto",
     progress: bool = True,
-    data_key: str = "",
+    key: str | None = None,
     pretrained: str | os.PathLike | None = None,
 ) -> ArmResult:
     """Train a fresh hacker `model_name` (from scratch, or from `pretrained` weights) on `train_data` in `out_dir/name`.
 
     A finished or interrupted run is reused only if it had the same hacker, starting weights, budget
-    and `data_key` (a name for the training data, e.g. the protection's settings); otherwise it starts afresh.
+    and training data (`key`, by default `data_key(train_data)`); otherwise it starts afresh.
     """
     folder = Path(out_dir) / name
     record_path = folder / "arm.json"
-    record = {"model": model_name, "pretrained": None if pretrained is None else str(pretrained), "config": json.loads(json.dumps(asdict(config))), "data_key": data_key}
+    record = {"model": model_name, "pretrained": None if pretrained is None else str(pretrained), "config": json.loads(json.dumps(asdict(config))),
+              "data_key": data_key(train_data) if key is None else key}
     previous = json.loads(record_path.read_text()) if record_path.exists() else None
     if previous is not None and {k: previous.get(k) for k in record} == record:
         if previous.get("seconds") is not None:

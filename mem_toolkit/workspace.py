@@ -7,49 +7,18 @@ resumes, and changed settings never pick up a stale result.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
-
 from .data.dataset import CaptionDataset
-from .experiment import ArmResult, protect_cached, run_arm
+from .experiment import ArmResult, cache_key, data_key, protect_cached, run_arm
 from .models import ClipModel, load_model
-from .protect import ProtectedDataset, Protection, Protector, StrippedView
+from .protect import Protection, Protector
 from .train import PairSource, TrainConfig
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def cache_key(*parts) -> str:
-    """Short stable hash of JSON-able parts (settings, fingerprints, names)."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def protection_digest(protection: Protection) -> str:
-    """Hash of what a protection does to data: method, ε, noise, triggers and row-to-unit map (chunked: noise may be a memory map)."""
-    digest = hashlib.sha256(json.dumps([protection.method, protection.eps, protection.fingerprint]).encode())
-    for array in (protection.triggers, protection.unit_of_row):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    for start in range(0, protection.n_units, 1024):
-        digest.update(np.ascontiguousarray(protection.noise[start:start + 1024]).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def data_key(source: PairSource) -> str:
-    """Identity of training data: a dataset's fingerprint, or its base plus the protection and controls applied to it."""
-    if isinstance(source, CaptionDataset):
-        return source.fingerprint()
-    if isinstance(source, ProtectedDataset):
-        return cache_key(source.base.fingerprint(), protection_digest(source.protection), source.use_noise, source.use_trigger)
-    if isinstance(source, StrippedView):
-        return cache_key(data_key(source.source), "stripped", source.k)
-    raise TypeError(f"cannot tell which data a {type(source).__name__} holds; train it with experiment.run_arm and a folder of your own")
 
 
 class Workspace:

@@ -75,9 +75,9 @@ def test_cached_arms_and_protections_are_reused_only_for_the_same_inputs(tiny_sh
 
     small = tiny_shapes.select_images(range(16))
     config = TrainConfig(epochs=1, batch_size=16)
-    first = run_arm("arm", small, small, config, tmp_path, data_key="a", progress=False)
-    assert run_arm("arm", small, small, config, tmp_path, data_key="a", progress=False).seconds == first.seconds
-    other = run_arm("arm", small, small, config, tmp_path, data_key="b", progress=False)
+    first = run_arm("arm", small, small, config, tmp_path, key="a", progress=False)
+    assert run_arm("arm", small, small, config, tmp_path, key="a", progress=False).seconds == first.seconds
+    other = run_arm("arm", small, small, config, tmp_path, key="b", progress=False)
     assert other.seconds != first.seconds and json.loads((tmp_path / "arm" / "arm.json").read_text())["data_key"] == "b"
 
     settings = dict(rounds=1, surrogate_steps=1, pgd_steps=1, batch_size=16)

@@ -9,7 +9,8 @@ from mem_toolkit.data.writer import write_dataset
 from mem_toolkit.experiment import protect_cached
 from mem_toolkit.protect import MEM, StrippedView
 from mem_toolkit.train import TrainConfig
-from mem_toolkit.workspace import Workspace, data_key
+from mem_toolkit.experiment import data_key
+from mem_toolkit.workspace import Workspace
 
 TINY = dict(rounds=1, surrogate_steps=1, pgd_steps=1, trigger_rounds=1, candidates=3, batch_size=20, device="cpu")
 
