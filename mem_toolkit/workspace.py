@@ -40,9 +40,10 @@ class Workspace:
     def hack(self, name: str, train_data: PairSource, test: CaptionDataset, config: TrainConfig,
              model_name: str = "mem-tiny-rn") -> ArmResult:
         """A fresh hacker `model_name` trained on `train_data` and evaluated on the clean `test` (reused when already trained)."""
-        key = cache_key(data_key(train_data), test.fingerprint(), model_name, asdict(config))
+        training = data_key(train_data)
+        key = cache_key(training, test.fingerprint(), model_name, asdict(config))
         result = run_arm(f"{_safe(name)}-{_safe(model_name)}-{key}", train_data, test, config, self.root / "hackers", model_name,
-                         self.device, self.progress)
+                         self.device, self.progress, key=training)
         return replace(result, name=name)
 
     def hacker(self, result: ArmResult) -> ClipModel:
