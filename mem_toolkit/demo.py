@@ -51,16 +51,16 @@ _TUNED_MEM = dict(granularity="image", trigger_vocab_size=24, surrogate_reset=1,
 PRESETS: dict[str, DemoPreset] = {
     # about 10 minutes on 2 CPU cores: the whole table at a small budget
     "quick": DemoPreset(
-        n_train=1000, n_test=200, difficulty="default", hacker_epochs=4, hacker_batch_size=64,
+        n_train=800, n_test=200, difficulty="default", hacker_epochs=4, hacker_batch_size=64,
         uap=dict(surrogate_epochs=2, pgd_steps=5),
-        em=dict(rounds=3, surrogate_steps=20, pgd_steps=5),
+        em=dict(rounds=2, surrogate_steps=20, pgd_steps=5, granularity="row"),
         mem=dict(_TUNED_MEM, rounds=3),
     ),
     # up to an hour on 2 CPU cores: harder content (where shortcuts win, as on real photos) and a larger budget
     "full": DemoPreset(
         n_train=1000, n_test=200, difficulty="hard", hacker_epochs=8,
         uap=dict(surrogate_epochs=4, pgd_steps=8),
-        em=dict(rounds=5, surrogate_steps=50, pgd_steps=8),
+        em=dict(rounds=5, surrogate_steps=50, pgd_steps=8, granularity="row"),
         mem=dict(_TUNED_MEM, rounds=10),
     ),
 }

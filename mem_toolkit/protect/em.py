@@ -11,5 +11,5 @@ class EM(Protector):
     defaults = dict(trigger_len=0, trigger_rounds=0, shuffle=False, rounds=5, surrogate_steps=50, pgd_steps=8)
     presets = {
         "paper": dict(rounds=5, surrogate_steps=50, pgd_steps=8, batch_size=128, eps=8, granularity="row"),
-        "cpu": dict(rounds=5, surrogate_steps=30, pgd_steps=5, batch_size=128, eps=8),
+        "cpu": dict(rounds=5, surrogate_steps=30, pgd_steps=5, batch_size=128, eps=8, granularity="row"),
     }
