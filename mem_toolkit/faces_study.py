@@ -85,9 +85,10 @@ def load_face_data(data: str | os.PathLike = "synthetic", preset: FacesPreset | 
     raise DataError([Problem(str(path), None, f"face data {reason}; pass 'synthetic', an identity folder or a labels CSV")])
 
 
-def face_protectors(preset: FacesPreset, device: str | torch.device = "auto") -> dict[str, MEM]:
-    """MEM-3 and MEM-5 with the preset's settings."""
-    return {name: MEM(int(name.split("-")[1]), device=device, **({"seed": preset.seed} | preset.mem)) for name in PROTECTIONS}
+def face_protectors(preset: FacesPreset, device: str | torch.device = "auto", surrogate_model: str = "mem-tiny-rn") -> dict[str, MEM]:
+    """MEM-3 and MEM-5 with the preset's settings and the given surrogate architecture."""
+    settings = {"seed": preset.seed, "surrogate_model": surrogate_model} | preset.mem
+    return {name: MEM(int(name.split("-")[1]), device=device, **settings) for name in PROTECTIONS}
 
 
 def protect_faces(face_data: FaceData, preset: FacesPreset, out_dir: str | os.PathLike, surrogate_model: str = "mem-tiny-rn",
@@ -95,15 +96,10 @@ def protect_faces(face_data: FaceData, preset: FacesPreset, out_dir: str | os.Pa
                   device: str | torch.device = "auto") -> tuple[dict[str, Protection], dict[str, float]]:
     """MEM-3 and MEM-5 protections of the training faces (from `out_dir/protections` when made before), with seconds spent."""
     protections, seconds = {}, {}
-    for name, protector in face_protectors(preset, device).items():
-        folder = Path(out_dir) / "protections" / name
+    for name, protector in face_protectors(preset, device, surrogate_model).items():
         started = time.perf_counter()
-        surrogate = None
-        if surrogate_pretrained is not None:
-            surrogate = create_model(surrogate_model, pretrained=surrogate_pretrained, device=protector.device)
-        elif surrogate_model != protector.config.surrogate_model:
-            protector = MEM(protector.config.trigger_len, device=device, **(protector.get_params() | {"surrogate_model": surrogate_model}))
-        protections[name] = protect_cached(protector, face_data.train, folder, progress, surrogate)
+        surrogate = None if surrogate_pretrained is None else create_model(surrogate_model, surrogate_pretrained, protector.device)
+        protections[name] = protect_cached(protector, face_data.train, Path(out_dir) / "protections" / name, progress, surrogate)
         seconds[name] = time.perf_counter() - started
     return protections, seconds
 
