@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .data.pubfig import register_prepare
-from .errors import DataError
+from .errors import DataError, ResumeMismatch
 from .faces_cli import register_faces
 
 
@@ -124,6 +124,7 @@ def _dataset_record(args) -> dict:
 
 
 def cmd_protect(args) -> int:
+    from .experiment import save_protection, saved_protection
     from .models import create_model
 
     protector = _protector(args)
@@ -131,9 +132,14 @@ def cmd_protect(args) -> int:
     surrogate = create_model(config.surrogate_model, args.surrogate_checkpoint, protector.device, seed=config.seed)
     train = _load_csv(args.train_csv, args, surrogate.image_size)
     out = Path(args.out)
-    protection = protector.fit(train, surrogate, work_dir=out / "work", resume=args.resume)
-    protection.config["dataset"] = _dataset_record(args)
-    protection.save(out)
+    finished = saved_protection(out, train, protector, surrogate.pretrained) if args.resume else None
+    if finished is not None:
+        print(f"{out} already holds this finished protection")
+        protection = finished
+    else:
+        protection = protector.fit(train, surrogate, work_dir=out / "work", resume=args.resume)
+        protection.config["dataset"] = _dataset_record(args)
+        protection = save_protection(protection, out, train)
     last = protection.diagnostics[-1]
     print(f"saved {protection.method} protection of {len(train)} rows to {out}")
     print("last round: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)))
@@ -299,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ResumeMismatch as error:
+        print(f"error: {error}; run without --resume to start afresh, or choose another --out", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: completed epochs/rounds are checkpointed; rerun with --resume to continue", file=sys.stderr)

@@ -31,3 +31,7 @@ class DataError(ValueError):
         if hint:
             lines.append(hint)
         super().__init__("\n".join(lines))
+
+
+class ResumeMismatch(ValueError):
+    """A checkpoint or finished result exists but was made for other data or with other settings."""

@@ -17,10 +17,10 @@ from typing import Mapping
 import numpy as np
 
 from .data.dataset import CaptionDataset
+from .errors import ResumeMismatch
 from .metrics import random_guess_metrics
 from .models import ClipModel, create_model, resolve_device
 from .protect import ProtectedDataset, Protection, Protector, StrippedView
-from .protect.base import ResumeMismatch
 from .train import History, PairSource, TrainConfig, train_run, write_json
 
 TABLE_COLUMNS = [("i2t", "R@1"), ("i2t", "R@5"), ("i2t", "R@10"), ("i2t", "MedR"), ("t2i", "R@1"), ("t2i", "R@5"), ("t2i", "R@10"), ("t2i", "MedR")]
@@ -115,18 +115,37 @@ def protect_cached(protector: Protector, dataset: CaptionDataset, folder: str | 
     """
     folder = Path(folder)
     pretrained = None if surrogate is None else surrogate.pretrained
-    if (folder / "protection.json").exists():
-        protection = Protection.load(folder, dataset)
-        if same_settings(protection.config, protector.get_params()) and protection.config.get("surrogate_pretrained") == pretrained:
-            return protection
-        shutil.rmtree(folder)
     try:
+        saved = saved_protection(folder, dataset, protector, pretrained)
+        if saved is not None:
+            return saved
         protection = protector.fit(dataset, surrogate, work_dir=folder / "work", resume=True, progress=progress)
     except ResumeMismatch:
-        shutil.rmtree(folder / "work")
+        shutil.rmtree(folder)
         protection = protector.fit(dataset, surrogate, work_dir=folder / "work", progress=progress)
-    protection.save(folder)
+    return save_protection(protection, folder, dataset)
+
+
+def saved_protection(folder: Path, dataset: CaptionDataset, protector: Protector, pretrained: str | None) -> Protection | None:
+    """The finished protection in `folder`, None if there is none; ResumeMismatch if it was made with other settings."""
+    if not (folder / "protection.json").exists():
+        return None
+    protection = Protection.load(folder, dataset)
+    if not same_settings(protection.config, protector.get_params()) or protection.config.get("surrogate_pretrained") != pretrained:
+        raise ResumeMismatch(f"{folder} holds a {protection.method} protection made with other settings or starting weights")
     return protection
+
+
+def save_protection(protection: Protection, folder: Path, dataset: CaptionDataset) -> Protection:
+    """Save a finished protection into `folder` and delete the run's resume state in `folder/work`.
+
+    The resume state holds the surrogate with its optimizer (three times the model's size) and two
+    copies of the noise; once the artifact is saved nothing needs it. Returns the saved copy, whose
+    noise is a memory map of `folder/noise.npy` rather than of the deleted work file.
+    """
+    protection.save(folder)
+    shutil.rmtree(folder / "work", ignore_errors=True)
+    return Protection.load(folder, dataset)
 
 
 def same_settings(saved: dict, wanted: dict) -> bool:

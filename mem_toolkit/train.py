@@ -16,10 +16,12 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
 from .data.dataset import CaptionDataset
+from .errors import ResumeMismatch
 from .evaluate import evaluate_retrieval
 from .loss import clip_loss
 from .models import ClipModel
@@ -207,7 +209,7 @@ def _restore(path, model: ClipModel, optimizer, schedule, config: TrainConfig) -
     tensors, state = load_state(path)
     saved = History.from_dict(state["history"])
     if saved.config != json.loads(json.dumps(asdict(config))):
-        raise ValueError(f"cannot resume from {path}: it was trained with {saved.config}, not {asdict(config)}")
+        raise ResumeMismatch(f"cannot resume from {path}: it was trained with {saved.config}, not {asdict(config)}")
     model.clip.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(optimizer, tensors, state["optimizer"])
     schedule.load_state_dict(state["schedule"])
@@ -216,12 +218,35 @@ def _restore(path, model: ClipModel, optimizer, schedule, config: TrainConfig) -
 
 def train_run(model: ClipModel, train_data: PairSource, test_data: CaptionDataset | None, config: TrainConfig,
               out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True, description: str = "train") -> History:
-    """`train_clip` with the standard run folder: checkpoint, history.json, metrics.json, model.safetensors."""
+    """`train_clip` with the standard run folder: history.json, metrics.json, model.safetensors.
+
+    The per-epoch checkpoint (model + optimizer state, three times the model's size) lives only
+    while the run is unfinished; once the final model is saved it is deleted, and `resume=True` on
+    a finished folder rereads that run instead of training again.
+    """
     out_dir = Path(out_dir)
-    history = train_clip(model, train_data, test_data, config, checkpoint=out_dir / "checkpoint.safetensors",
+    checkpoint = out_dir / "checkpoint.safetensors"
+    if resume and not checkpoint.exists():
+        finished = _finished_run(out_dir, model, config)
+        if finished is not None:
+            return finished
+    history = train_clip(model, train_data, test_data, config, checkpoint=checkpoint,
                          resume=resume, progress=progress, description=description)
     history.save(out_dir / "history.json")
     write_json(out_dir / "metrics.json", history.final)
     model.save(out_dir / "model.safetensors")
+    checkpoint.unlink(missing_ok=True)
     return history
 
+
+def _finished_run(out_dir: Path, model: ClipModel, config: TrainConfig) -> History | None:
+    """The history of the run that finished in `out_dir` (its weights loaded into `model`), or None if there is none."""
+    history_path, weights = out_dir / "history.json", out_dir / "model.safetensors"
+    if not (history_path.exists() and weights.exists()):
+        return None
+    history = History.load(history_path)
+    if history.config != json.loads(json.dumps(asdict(config))) or history.model != model.name:
+        raise ResumeMismatch(f"cannot resume in {out_dir}: it holds a finished {history.model} run trained with {history.config}, "
+                         f"not {model.name} with {asdict(config)}")
+    model.clip.load_state_dict(load_file(str(weights)))
+    return history

@@ -65,8 +65,12 @@ def test_resume_of_a_finished_run_adds_nothing(shapes_folder, tmp_path, capsys):
             "--out", str(tmp_path / "run")]
     assert main(args) == 0
     first = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()  # resume state is dropped once the model is saved
     assert main(args + ["--resume"]) == 0
     assert json.loads((tmp_path / "run" / "history.json").read_text()) == first
+    capsys.readouterr()
+    assert main([("2" if a == "1" else a) for a in args] + ["--resume"]) == 2
+    assert "it holds a finished mem-tiny-rn run trained with" in capsys.readouterr().err
 
 
 def test_bad_csv_exits_2_naming_file_and_line(tmp_path, shapes_folder):

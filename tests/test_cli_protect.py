@@ -21,9 +21,15 @@ def test_protect_export_verify_and_resume(tmp_path, capsys):
     assert info["config"]["dataset"]["train_csv"].endswith("train.csv")
     assert {k: info["config"][k] for k in ("trigger_vocab_size", "surrogate_reset", "surrogate_lr", "noise_init")} == {
         "trigger_vocab_size": 10, "surrogate_reset": 1, "surrogate_lr": 5e-4, "noise_init": "trigger-code"}
-    assert (protection / "work" / "state.safetensors").exists()
-    assert main(args + ["--resume"]) == 0  # already finished: resumes at round 2 of 2 and saves the same artifact
-    assert json.loads((protection / "protection.json").read_text())["diagnostics"] == info["diagnostics"]
+    assert not (protection / "work").exists()  # the resume state goes once the artifact is saved
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert "already holds this finished protection" in capsys.readouterr().out
+    assert json.loads((protection / "protection.json").read_text()) == info
+    assert main(args[:-1] + [str(tmp_path / "other"), "--resume"]) == 0 and (tmp_path / "other" / "protection.json").exists()
+    changed = [("6" if a == "4" and args[i - 1] == "--eps" else a) for i, a in enumerate(args)]
+    assert main(changed + ["--resume"]) == 2
+    assert f"{protection} holds a mem-2 protection made with other settings" in capsys.readouterr().err
 
     published = tmp_path / "published"
     assert main(["export", "--protection", str(protection), "--out", str(published)]) == 0

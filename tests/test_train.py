@@ -11,7 +11,8 @@ from mem_toolkit.data import make_shapes_split
 from mem_toolkit.loss import clip_loss
 from mem_toolkit.metrics import random_guess_metrics
 from mem_toolkit.models import create_model
-from mem_toolkit.train import History, TrainConfig, batches, cosine_with_warmup, parameter_groups, train_clip
+from mem_toolkit.errors import ResumeMismatch
+from mem_toolkit.train import History, TrainConfig, batches, cosine_with_warmup, parameter_groups, train_clip, train_run
 
 METRIC_KEYS = {f"{d}_{m}" for d in ("i2t", "t2i") for m in ("R@1", "R@5", "R@10", "MedR", "MeanR")} | {"rsum"}
 
@@ -157,3 +158,20 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(shapes, tmp_pa
     with pytest.raises(ValueError, match=r"cannot resume from .*run\.safetensors: it was trained with"):
         train_clip(create_model("mem-tiny-rn", seed=0), train, test, TrainConfig(epochs=3, batch_size=32, lr=1e-3),
                    checkpoint=checkpoint, resume=True, progress=False)
+
+
+def test_a_finished_run_folder_keeps_the_model_not_the_resume_state_and_is_reread(shapes, tmp_path):
+    train, test = shapes
+    train, test = train.select_images(range(16)), test.select_images(range(8))
+    config = TrainConfig(epochs=1, batch_size=16, seed=0)
+    trained = create_model("mem-tiny-rn", seed=0)
+    history = train_run(trained, train, test, config, tmp_path / "run", progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["history.json", "metrics.json", "model.json", "model.safetensors"]
+
+    reread_model = create_model("mem-tiny-rn", seed=123)
+    reread = train_run(reread_model, train, test, config, tmp_path / "run", resume=True, progress=False)
+    assert reread.step_loss == history.step_loss and reread.epochs == history.epochs
+    trained_state, reread_state = trained.clip.state_dict(), reread_model.clip.state_dict()
+    assert all(torch.equal(trained_state[k], reread_state[k]) for k in trained_state)
+    with pytest.raises(ResumeMismatch, match=r"it holds a finished mem-tiny-rn run trained with"):
+        train_run(create_model("mem-tiny-vit", seed=0), train, test, config, tmp_path / "run", resume=True, progress=False)

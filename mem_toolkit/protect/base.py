@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
 from ..data.dataset import CaptionDataset
+from ..errors import ResumeMismatch
 from ..models import ClipModel, create_model, resolve_device
 from ..train import contrastive_step, parameter_groups
 from .artifact import Protection, ProtectedDataset
@@ -27,10 +28,6 @@ from .hotflip import hotflip_step
 from .pgd import pgd_noise
 from .sharing import sharing_units, sweep_rows
 from .vocabulary import allowed_trigger_tokens
-
-
-class ResumeMismatch(ValueError):
-    """A checkpoint exists but was made for another dataset or with other settings."""
 
 
 @dataclass
