@@ -168,3 +168,7 @@ def test_bad_settings_are_refused():
         MEM(trigger_len=0)
     with pytest.raises(ValueError, match="unknown preset"):
         MEM(preset="gpu-xl")
+    with pytest.raises(ValueError, match="pgd_steps, surrogate_steps, surrogate_epochs >= 0 and step_size >= 1"):
+        EM(pgd_steps=-1)
+    with pytest.raises(ValueError, match="step_size >= 1"):
+        UAP(step_size=0)

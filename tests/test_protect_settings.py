@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mem_toolkit.models import create_model
-from mem_toolkit.protect import MEM
+from mem_toolkit.protect import MEM, UAP
 from mem_toolkit.protect.base import ProtectConfig, _initialise_noise
 
 
@@ -44,6 +44,14 @@ def test_uniform_and_zero_starts_and_bad_choices(tiny_shapes):
         _start(tiny_shapes, triggers, eps=8, noise_init="trigger-code")
     with pytest.raises(ValueError, match="unknown noise_init"):
         _start(tiny_shapes, triggers, eps=8, noise_init="gaussian")
+
+
+def test_zero_pgd_steps_keeps_the_starting_noise(tiny_shapes):
+    """pgd_steps=0 skips the noise step: a uniform start with no steps is the random-noise reference."""
+    protection = UAP(surrogate_epochs=0, pgd_steps=0, noise_init="uniform", eps=8, batch_size=16, seed=1).fit(tiny_shapes, progress=False)
+    triggers = np.zeros((tiny_shapes.n_images, 0), dtype=np.int64)
+    assert np.array_equal(protection.noise, _start(tiny_shapes, triggers, eps=8, noise_init="uniform", seed=1))
+    assert not any(key.startswith("pgd_") for key in protection.diagnostics[0])
 
 
 def test_surrogate_reset_gives_a_fresh_model_or_the_given_weights(tiny_shapes):

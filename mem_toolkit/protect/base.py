@@ -89,6 +89,8 @@ class Protector:
             raise ValueError("trigger_len, trigger_rounds >= 0 and candidates, beam >= 1 are required")
         if c.rounds < 1 or c.batch_size < 2:
             raise ValueError("rounds >= 1 and batch_size >= 2 are required")
+        if c.pgd_steps < 0 or c.surrogate_steps < 0 or c.surrogate_epochs < 0 or c.step_size < 1:
+            raise ValueError("pgd_steps, surrogate_steps, surrogate_epochs >= 0 and step_size >= 1 are required")
 
     def get_params(self) -> dict:
         return asdict(self.config)
@@ -143,7 +145,8 @@ class Protector:
                 record.update(self._surrogate_step(surrogate, optimizer, view, round_index, progress))
             if c.trigger_len and round_index < c.trigger_rounds:
                 record.update(self._trigger_step(surrogate, dataset, state, allowed, round_index, progress))
-            record.update(self._noise_step(surrogate, dataset, state, round_index, progress))
+            if c.pgd_steps:
+                record.update(self._noise_step(surrogate, dataset, state, round_index, progress))
             record.update(state.trigger_statistics(dataset, tokenizer))
             state.protection.diagnostics.append(record)
             state.rounds_done = round_index + 1
