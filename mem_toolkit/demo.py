@@ -52,7 +52,7 @@ PRESETS: dict[str, DemoPreset] = {
     # about 10 minutes on 2 CPU cores: the whole table at a small budget
     "quick": DemoPreset(
         n_train=800, n_test=200, difficulty="default", hacker_epochs=4, hacker_batch_size=64,
-        uap=dict(surrogate_epochs=2, pgd_steps=5),
+        uap=dict(surrogate_epochs=1, pgd_steps=5, step_size=2),
         em=dict(rounds=2, surrogate_steps=20, pgd_steps=5, granularity="row"),
         mem=dict(_TUNED_MEM, rounds=3),
     ),
