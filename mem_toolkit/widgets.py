@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import io
+import math
 import time
 import traceback
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from .data.shapes import make_shapes_split
 from .experiment import random_guess, results_table
 from .models import create_model, resolve_device
 from .plots import paper_style, plot_curves, plot_protection
-from .protect import EM, MEM, UAP, Protection, Protector
+from .protect import EM, MEM, UAP, ProtectConfig, Protection, Protector
 from .text import CaptionTokenizer
 from .train import History, PairSource, TrainConfig, train_clip
 
@@ -168,6 +169,8 @@ class ProtectionExplorer:
         """The protector of a setting, with this explorer's budget for its method."""
         method, eps, k = key
         settings = self.settings[method] | {"eps": eps, "seed": self.seed, "device": self.device}
+        if "step_size" not in settings:  # the few PGD steps of a round must be able to reach the ε on the slider
+            settings["step_size"] = max(1, math.ceil(eps / settings.get("pgd_steps", ProtectConfig.pgd_steps)))
         if method == "MEM":
             return MEM(trigger_len=k, **settings)
         return PROTECTORS[method](**settings)

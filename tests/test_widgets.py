@@ -60,7 +60,7 @@ def test_run_button_shows_protection_and_hacker_then_caches_per_setting(explorer
     assert bytes(explorer.images.value).startswith(PNG) and bytes(explorer.curves.value).startswith(PNG)
     assert _table_rows(explorer.table.value) == ["clean data", "MEM-2, ε = 8/255", "random guess"]
     assert explorer.progress.value == explorer.progress.max == 2 + 2 * 2  # clean hacker, protection, hacker, drawing
-    assert first.protection.eps == 8 and np.abs(first.protection.noise.astype(int)).max() <= 8
+    assert first.protection.eps == 8 and np.abs(first.protection.noise.astype(int)).max() == 8  # the slider's ε is reached
     assert len(first.history.epochs) == 2 and 0 <= first.history.final["t2i_R@10"] <= 100
     clean = explorer.clean_history
 
@@ -69,13 +69,22 @@ def test_run_button_shows_protection_and_hacker_then_caches_per_setting(explorer
     explorer.run_button.click()
     second = explorer.cache[("MEM", 4, 1)]
     assert _trigger_counts(explorer.captions.value) == [1, 1, 1]
-    assert bytes(explorer.images.value) != first.images_png and np.abs(second.protection.noise.astype(int)).max() <= 4
+    assert bytes(explorer.images.value) != first.images_png and np.abs(second.protection.noise.astype(int)).max() == 4
     assert explorer.clean_history is clean and explorer.progress.max == 2 + 2  # the clean reference is trained once
 
     explorer.eps.value, explorer.k.value = 8, 2  # going back: shown from the cache at once, without pressing Run
     assert explorer.shown is first and "from the cache" in explorer.status.value
     assert explorer.captions.value == first.captions_html and bytes(explorer.images.value) == first.images_png
     assert explorer.run() is first and len(explorer.cache) == 2
+
+
+def test_step_size_follows_the_eps_slider_unless_set(data):
+    train, test = data
+    explorer = ProtectionExplorer(train, test, settings=TINY | {"EM": TINY["EM"] | {"step_size": 1}}, progress_bars=False, device="cpu")
+    assert explorer.protector(("UAP", 16, 0)).config.step_size == 8  # 2 PGD steps reach ε = 16
+    assert explorer.protector(("MEM", 5, 2)).config.step_size == 3
+    assert explorer.protector(("MEM", 0, 2)).config.step_size == 1
+    assert explorer.protector(("EM", 16, 0)).config.step_size == 1  # a setting given by the user is kept
 
 
 def test_em_at_eps_zero_has_no_noise_and_unchanged_captions(explorer, data):
