@@ -127,10 +127,14 @@ def protect_cached(protector: Protector, dataset: CaptionDataset, folder: str | 
 
 
 def saved_protection(folder: Path, dataset: CaptionDataset, protector: Protector, pretrained: str | None) -> Protection | None:
-    """The finished protection in `folder`, None if there is none; ResumeMismatch if it was made with other settings."""
+    """The finished protection in `folder`, None if there is none; ResumeMismatch if it was made for other data or settings."""
     if not (folder / "protection.json").exists():
         return None
-    protection = Protection.load(folder, dataset)
+    protection = Protection.load(folder)
+    try:
+        protection.check_fits(dataset)
+    except ValueError as error:
+        raise ResumeMismatch(f"{folder} holds a protection made for other data: {error}") from error
     if not same_settings(protection.config, protector.get_params()) or protection.config.get("surrogate_pretrained") != pretrained:
         raise ResumeMismatch(f"{folder} holds a {protection.method} protection made with other settings or starting weights")
     return protection

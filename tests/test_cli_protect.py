@@ -30,6 +30,10 @@ def test_protect_export_verify_and_resume(tmp_path, capsys):
     changed = [("6" if a == "4" and args[i - 1] == "--eps" else a) for i, a in enumerate(args)]
     assert main(changed + ["--resume"]) == 2
     assert f"{protection} holds a mem-2 protection made with other settings" in capsys.readouterr().err
+    assert main(["make-data", "shapes", "--out", str(tmp_path / "data2"), "--n-train", "20", "--n-test", "4", "--image-size", "64"]) == 0
+    other_data = [str(tmp_path / "data2" / "train.csv") if a == str(data / "train.csv") else a for a in args]
+    assert main(other_data + ["--resume"]) == 2
+    assert f"{protection} holds a protection made for other data" in capsys.readouterr().err
 
     published = tmp_path / "published"
     assert main(["export", "--protection", str(protection), "--out", str(published)]) == 0
