@@ -36,7 +36,9 @@ def parse_budget(text: str) -> dict:
     return {key: _value(value) for key, value in (pair.split("=", 1) for pair in text.split(","))}
 
 
-def _value(text: str) -> int | float | str:
+def _value(text: str) -> bool | int | float | str:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for kind in (int, float):
         try:
             return kind(text)
