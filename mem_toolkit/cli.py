@@ -139,7 +139,7 @@ def cmd_protect(args) -> int:
     else:
         protection = protector.fit(train, surrogate, work_dir=out / "work", resume=args.resume)
         protection.config["dataset"] = _dataset_record(args)
-        protection = save_protection(protection, out, train)
+        protection = save_protection(protection, out)
     last = protection.diagnostics[-1]
     print(f"saved {protection.method} protection of {len(train)} rows to {out}")
     print("last round: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)))

@@ -123,7 +123,7 @@ def protect_cached(protector: Protector, dataset: CaptionDataset, folder: str | 
     except ResumeMismatch:
         shutil.rmtree(folder)
         protection = protector.fit(dataset, surrogate, work_dir=folder / "work", progress=progress)
-    return save_protection(protection, folder, dataset)
+    return save_protection(protection, folder)
 
 
 def saved_protection(folder: Path, dataset: CaptionDataset, protector: Protector, pretrained: str | None) -> Protection | None:
@@ -140,16 +140,17 @@ def saved_protection(folder: Path, dataset: CaptionDataset, protector: Protector
     return protection
 
 
-def save_protection(protection: Protection, folder: Path, dataset: CaptionDataset) -> Protection:
+def save_protection(protection: Protection, folder: Path) -> Protection:
     """Save a finished protection into `folder` and delete the run's resume state in `folder/work`.
 
     The resume state holds the surrogate with its optimizer (three times the model's size) and two
-    copies of the noise; once the artifact is saved nothing needs it. Returns the saved copy, whose
-    noise is a memory map of `folder/noise.npy` rather than of the deleted work file.
+    copies of the noise; once the artifact is saved nothing needs it. The returned protection's
+    noise is a read-only memory map of the saved `folder/noise.npy`, not of the deleted work file.
     """
     protection.save(folder)
+    protection.noise = np.load(folder / "noise.npy", mmap_mode="r")
     shutil.rmtree(folder / "work", ignore_errors=True)
-    return Protection.load(folder, dataset)
+    return protection
 
 
 def same_settings(saved: dict, wanted: dict) -> bool:

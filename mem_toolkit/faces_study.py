@@ -149,9 +149,8 @@ def train_hackers(face_data: FaceData, arms: Mapping, preset: FacesPreset, out_d
         weights = hacker_weights.get(architecture)
         folder = Path(out_dir) / "hackers" / _hacker_key(architecture, weights)
         run = run_arm(arm, arms[arm], face_data.test, config, folder, architecture, device, progress, pretrained=weights)
-        result = HackerResult(architecture, arm, {}, run.history, run.seconds, folder / arm)
-        result.metrics = _evaluation(result, face_data, device)
-        results.setdefault(architecture, {})[arm] = result
+        metrics = _evaluation(folder / arm, len(run.history.epochs), face_data, device)
+        results.setdefault(architecture, {})[arm] = HackerResult(architecture, arm, metrics, run.history, run.seconds, folder / arm)
     return results
 
 
@@ -162,15 +161,15 @@ def _hacker_key(architecture: str, weights: str | os.PathLike | None) -> str:
     return f"{architecture}-from-{hashlib.sha1(str(weights).encode()).hexdigest()[:8]}"
 
 
-def _evaluation(result: HackerResult, face_data: FaceData, device) -> dict:
-    """Clean-test identification and retrieval of a trained hacker (cached beside its weights)."""
-    cache = result.folder / "faces_eval.json"
-    stamp = {"test": face_data.test.fingerprint(), "epochs": len(result.history.epochs), "names": face_data.names}
+def _evaluation(run_folder: Path, epochs: int, face_data: FaceData, device) -> dict:
+    """Clean-test identification and retrieval of the hacker trained in `run_folder` (cached beside its weights)."""
+    cache = run_folder / "faces_eval.json"
+    stamp = {"test": face_data.test.fingerprint(), "epochs": epochs, "names": face_data.names}
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved.get("stamp") == stamp:
             return saved["metrics"]
-    metrics = evaluate_faces(result.model(device), face_data)
+    metrics = evaluate_faces(load_model(run_folder / "model.safetensors", device), face_data)
     write_json(cache, {"stamp": stamp, "metrics": metrics})
     return metrics
 
@@ -275,7 +274,7 @@ def write_figures(folder: str | os.PathLike, face_data: FaceData, protections: M
     written = []
     train = face_data.train
     people = np.unique(face_data.train_identity, return_index=True)[1][:n_examples]  # one photo of each of the first people
-    rows = [int(train.rows_of_group()[g][0]) for g in people]
+    rows = train.first_rows()[people].tolist()
     for name, protection in protections.items():
         noise = [np.asarray(protection.noise[protection.unit_of_row[r]]) for r in rows]
         captions = [protection.published_caption(train, r) for r in rows]
@@ -303,9 +302,10 @@ def attention_figures(folder: Path, face_data: FaceData, protection: Protection,
     from .plots import plot_image_attention, plot_token_attention
 
     test, train = face_data.test, face_data.train
-    test_face = test.images([int(np.flatnonzero(face_data.test_identity == person)[0])])[0]
-    caption = test.captions[int(np.flatnonzero(test.group_ids == np.flatnonzero(face_data.test_identity == person)[0])[0])]
-    row = int(train.rows_of_group()[int(np.flatnonzero(face_data.train_identity == person)[0])][0])
+    test_image = int(np.flatnonzero(face_data.test_identity == person)[0])
+    test_face = test.images([test_image])[0]
+    caption = test.captions[int(test.first_rows()[test_image])]
+    row = int(train.first_rows()[np.flatnonzero(face_data.train_identity == person)[0]])
     view = protection.apply(train)
     protected_face = view.image_batch([row])[0]
     protected_tokens = view.token_batch([row], mem_hacker.tokenizer, mem_hacker.context_length)[0]

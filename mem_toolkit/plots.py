@@ -420,7 +420,7 @@ def plot_protection(protection: Protection, dataset, rows: Sequence[int] | int =
     """
     protection.check_fits(dataset)
     if isinstance(rows, int):
-        rows = [group_rows[0] for group_rows in dataset.rows_of_group()[:rows]]
+        rows = dataset.first_rows()[:rows]
     rows = np.asarray(rows, dtype=np.int64)
     clean = dataset.images(dataset.group_ids[rows])
     noise = np.asarray(protection.noise[protection.unit_of_row[rows]])

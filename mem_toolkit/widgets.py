@@ -108,7 +108,7 @@ class ProtectionExplorer:
         self.seed = seed
         self.device = resolve_device(device)
         self.progress_bars = progress_bars
-        self.example_rows = np.array([rows[0] for rows in train.rows_of_group()[:n_examples]], dtype=np.int64)
+        self.example_rows = train.first_rows()[:n_examples]
         self.cache: dict[tuple[str, int, int], ExplorerResult] = {}
         self.clean_history: History | None = None
         self.shown: ExplorerResult | None = None

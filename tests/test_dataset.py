@@ -23,6 +23,7 @@ def toy():
 def test_sizes_and_rows_of_group(toy):
     assert len(toy) == 7 and toy.n_images == 4
     assert [rows.tolist() for rows in toy.rows_of_group()] == [[0, 2, 5], [1, 4], [3], [6]]
+    assert toy.first_rows().tolist() == [0, 1, 3, 6]
 
 
 def test_image_batch_follows_the_rows(toy):

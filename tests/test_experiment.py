@@ -1,6 +1,8 @@
 """Results tables, the random-ID control and the demo's ordering checks."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from mem_toolkit.demo import ordering_checks
@@ -83,6 +85,7 @@ def test_cached_arms_and_protections_are_reused_only_for_the_same_inputs(tiny_sh
     settings = dict(rounds=1, surrogate_steps=1, pgd_steps=1, batch_size=16)
     made = protect_cached(EM(**settings), small, tmp_path / "em", progress=False)
     assert (tmp_path / "em" / "noise.npy").exists() and not (tmp_path / "em" / "work").exists()  # resume state dropped
+    assert Path(made.noise.filename) == tmp_path / "em" / "noise.npy"  # the returned noise maps the saved file
     again = protect_cached(EM(**settings), small, tmp_path / "em", progress=False)
     assert np.array_equal(made.noise, again.noise)
     changed = protect_cached(EM(**(settings | {"eps": 3})), small, tmp_path / "em", progress=False)

@@ -54,17 +54,19 @@ def test_study_writes_table_3_metrics_and_figures(study):
 
 def test_study_resumes_from_its_cache(study):
     out, results = study
-    # an interrupted run: one hacker never recorded its finish nor its evaluation, one protection lost its final save
-    # (their per-epoch and per-round checkpoints remain)
-    hacker = out / "hackers" / "mem-tiny-vit" / "mem-5"
-    (hacker / "arm.json").write_text(json.dumps(json.loads((hacker / "arm.json").read_text()) | {"seconds": None}))
-    (hacker / "faces_eval.json").unlink()
+    # an interrupted run: one hacker saved its model but never recorded its finish nor its evaluation (it is reread,
+    # not retrained), and one protection is gone (its resume state went with the finished save, so it is redone, identically)
+    unfinished = out / "hackers" / "mem-tiny-vit" / "mem-5"
+    (unfinished / "arm.json").write_text(json.dumps(json.loads((unfinished / "arm.json").read_text()) | {"seconds": None}))
+    (unfinished / "faces_eval.json").unlink()
+    weights_written = (unfinished / "model.safetensors").stat().st_mtime_ns
     (out / "protections" / "mem-5" / "protection.json").unlink()
     again = run_faces_study(out, "synthetic", SMOKE, HACKERS, progress=False)
     for hacker in HACKERS:
         for arm, saved in results["hackers"][hacker]["arms"].items():
             assert again["hackers"][hacker]["arms"][arm]["metrics"] == saved["metrics"], (hacker, arm)
     assert again["stage_seconds"]["hacker mem-tiny-rn clean"] == results["stage_seconds"]["hacker mem-tiny-rn clean"]  # reread, not retrained
+    assert (unfinished / "model.safetensors").stat().st_mtime_ns == weights_written
     assert again["protections"]["mem-5"]["example_triggers"] == results["protections"]["mem-5"]["example_triggers"]
     assert Protection.load(out / "protections" / "mem-5").config["trigger_len"] == 5
 

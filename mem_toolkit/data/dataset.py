@@ -73,6 +73,12 @@ class CaptionDataset:
         bounds = np.searchsorted(self.group_ids[order], np.arange(self.n_images + 1))
         return [order[bounds[g]:bounds[g + 1]] for g in range(self.n_images)]
 
+    def first_rows(self) -> np.ndarray:
+        """Index of each image's first row (its first caption), in image order: one row to show or export per image."""
+        first = np.full(self.n_images, len(self), dtype=np.int64)
+        np.minimum.at(first, self.group_ids, np.arange(len(self), dtype=np.int64))
+        return first
+
     # -- images --------------------------------------------------------------------------------
     def images(self, groups: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 pixels (B, S, S, 3) of the given images, decoding any not yet cached."""

@@ -32,9 +32,8 @@ def export_protection(protection: Protection, dataset: CaptionDataset, out_dir: 
         names = [f"images/{stems[g]}-r{row:06d}.png" for row, g in enumerate(dataset.group_ids)]
         items = [(names[row], row) for row in range(len(dataset))]
     else:
-        first_row = {int(g): row for row, g in reversed(list(enumerate(dataset.group_ids)))}
         names = [f"images/{stems[g]}.png" for g in dataset.group_ids]
-        items = [(f"images/{stems[g]}.png", first_row[g]) for g in range(dataset.n_images)]
+        items = [(f"images/{stems[g]}.png", int(row)) for g, row in enumerate(dataset.first_rows())]
     images = ((name, view.image_batch([row])[0].permute(1, 2, 0).numpy()) for name, row in items)
     rows = [(names[row], protection.published_caption(dataset, row, tokenizer)) for row in range(len(dataset))]
     csv_path = write_caption_folder(out_dir, images, rows, "captions.csv", len(items), progress, "exporting protected images")
