@@ -140,8 +140,8 @@ def cmd_protect(args) -> int:
         protection = protector.fit(train, surrogate, work_dir=out / "work", resume=args.resume)
         protection.config["dataset"] = _dataset_record(args)
         protection = save_protection(protection, out)
+        print(f"saved {protection.method} protection of {len(train)} rows to {out}")
     last = protection.diagnostics[-1]
-    print(f"saved {protection.method} protection of {len(train)} rows to {out}")
     print("last round: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)))
     if protection.trigger_len:
         print("example triggers: " + "; ".join(protection.trigger_words()[:5]))
