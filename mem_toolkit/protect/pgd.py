@@ -26,6 +26,7 @@ def pgd_noise(
     step_size: int = 1,
     ascent: bool = False,
     amp: bool = True,
+    block: int = 1,
 ) -> tuple[torch.Tensor, list[float]]:
     """Run `steps` sign steps on `noise` (units, 3, S, S, int16) for a batch of rows.
 
@@ -33,6 +34,9 @@ def pgd_noise(
     `tokens_for_step(t)` gives the texts for step t (MEM re-shuffles captions every step). Descent
     minimises the CLIP loss (EM, MEM); `ascent=True` maximises it (UAP). Returns the new noise and the
     loss before each step. Text features need no gradient, so they are computed without one.
+    With `block` > 1 the gradient is summed over `block` x `block` squares before its sign is taken,
+    so a noise that starts constant on those squares stays so (low-frequency noise: a coarse
+    pattern a fresh model picks up early, and one that survives resizing and re-encoding better).
     """
     device = model.device
     pixels = pixels.to(device)
@@ -50,6 +54,8 @@ def pgd_noise(
         loss = clip_loss(image_features, text_features.float(), model.logit_scale().detach())
         (grad,) = torch.autograd.grad(loss, delta)
         losses.append(loss.item())
+        if block > 1:
+            grad = _block_sum(grad, block)
         direction = torch.sign(grad).to(torch.int16) * step_size
         noise = (noise + direction if ascent else noise - direction).clamp_(-eps, eps)
         if one_row_per_unit:  # exact projection onto valid pixels; shared noise is clipped when applied
@@ -58,3 +64,10 @@ def pgd_noise(
             base = pixels[order].to(torch.int16)
             noise = torch.maximum(torch.minimum(noise, 255 - base), -base)
     return noise, losses
+
+
+def _block_sum(grad: torch.Tensor, block: int) -> torch.Tensor:
+    """The gradient summed over each `block` x `block` square and spread back over it (edges: partial squares)."""
+    size = grad.shape[-2:]
+    pooled = torch.nn.functional.avg_pool2d(grad, block, ceil_mode=True)
+    return pooled.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)[..., :size[0], :size[1]]

@@ -10,13 +10,18 @@ from ..data.dataset import CaptionDataset
 GRANULARITIES = ("row", "image", "cluster")
 
 
-def sharing_units(dataset: CaptionDataset, granularity: str, n_clusters: int = 0, seed: int = 0) -> np.ndarray:
+def sharing_units(dataset: CaptionDataset, granularity: str, n_clusters: int = 0, seed: int = 0, cluster_size: int = 0) -> np.ndarray:
     """Unit index of every row (noise and trigger are stored once per unit).
 
     `row`: each (image, caption) pair its own (the official code); `image`: all captions of a photo
     share one (a person posts a photo once); `cluster`: k-means over the TF-IDF of each image's
-    captions, so similar images share (the official class-wise variant, without labels).
+    captions, so similar images share (the official class-wise variant, without labels), with
+    `n_clusters` clusters or, given `cluster_size`, about that many images per cluster whatever the
+    size of the data. A shared trigger cannot act as a photo ID, and a noise shared by photos whose
+    captions agree is a shortcut to those captions even when the trigger is deleted.
     """
+    if granularity == "cluster" and cluster_size:
+        n_clusters = max(1, round(dataset.n_images / cluster_size))
     if granularity == "row":
         return np.arange(len(dataset), dtype=np.int64)
     if granularity == "image":
