@@ -103,18 +103,22 @@ def _protector(args):
     settings = {k: v for k, v in {
         "eps": args.eps, "rounds": args.rounds, "surrogate_steps": args.surrogate_steps, "pgd_steps": args.pgd_steps,
         "trigger_rounds": args.trigger_rounds, "candidates": args.candidates, "beam": args.beam, "batch_size": args.batch_size,
-        "granularity": args.granularity, "n_clusters": args.n_clusters, "trigger_init": args.trigger_init,
+        "granularity": args.granularity, "n_clusters": args.n_clusters, "cluster_size": args.cluster_size, "trigger_init": args.trigger_init,
         "surrogate_model": args.surrogate_model, "surrogate_epochs": args.surrogate_epochs, "seed": args.seed,
         "surrogate_lr": args.surrogate_lr, "surrogate_reset": args.surrogate_reset, "trigger_vocab_size": args.trigger_vocab_size,
-        "noise_init": args.noise_init, "step_size": args.step_size,
+        "noise_init": args.noise_init, "step_size": args.step_size, "noise_block": args.noise_block,
     }.items() if v is not None}
     if args.all_tokens:
         settings["exclude_caption_vocab"] = False
-    if args.method == "mem":
-        return MEM(trigger_len=3 if args.trigger_len is None else args.trigger_len, preset=args.preset, device=args.device, **settings)
-    if args.trigger_len not in (None, 0):
+    if args.method != "mem" and args.trigger_len not in (None, 0):
         raise SystemExit(f"error: --trigger-len applies to MEM only, not {args.method}")
-    return {"em": EM, "uap": UAP}[args.method](preset=args.preset, device=args.device, **settings)
+    try:
+        if args.method == "mem":
+            return MEM(trigger_len=3 if args.trigger_len is None else args.trigger_len, preset=args.preset, device=args.device, **settings)
+        return {"em": EM, "uap": UAP}[args.method](preset=args.preset, device=args.device, **settings)
+    except ValueError as error:  # a setting out of range, or a preset the method does not have
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _dataset_record(args) -> dict:
@@ -145,6 +149,8 @@ def cmd_protect(args) -> int:
     print("last round: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)))
     if protection.trigger_len:
         print("example triggers: " + "; ".join(protection.trigger_words()[:5]))
+    if protection.config.get("shortcut"):
+        print("shortcut: " + protection.config["shortcut"]["verdict"])
     return 0
 
 
@@ -240,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(protect, test=False)
     protect.add_argument("--method", choices=["mem", "em", "uap"], default="mem")
     protect.add_argument("--trigger-len", type=int, default=None, help="MEM trigger length k (MEM-3: 3)")
-    protect.add_argument("--preset", choices=["paper", "cpu"], help="official defaults, or scaled for a laptop CPU")
+    protect.add_argument("--preset", choices=["paper", "cpu", "photos"],
+                         help="official defaults, scaled for a laptop CPU (tuned on the embedded shapes), or for real photos (MEM)")
     protect.add_argument("--eps", type=int, help="noise bound in 1/255 units (8 means 8/255)")
     protect.add_argument("--rounds", type=int)
     protect.add_argument("--surrogate-steps", type=int)
@@ -252,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--batch-size", type=int)
     protect.add_argument("--granularity", choices=["row", "image", "cluster"])
     protect.add_argument("--n-clusters", type=int)
+    protect.add_argument("--cluster-size", type=int, help="cluster granularity: about N photos per cluster (overrides --n-clusters)")
     protect.add_argument("--trigger-init", help="a word repeated k times, or 'random'")
     protect.add_argument("--all-tokens", action="store_true", help="let triggers use caption words too")
     protect.add_argument("--surrogate-model")
@@ -261,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--surrogate-reset", type=int, help="restart the surrogate every N rounds (0: never)")
     protect.add_argument("--trigger-vocab-size", type=int, help="draw triggers from a seeded subset of N words (0: all allowed words)")
     protect.add_argument("--noise-init", choices=["zero", "uniform", "trigger-code"])
+    protect.add_argument("--noise-block", type=int, help="keep the noise constant on N x N pixel squares (low-frequency noise)")
     protect.add_argument("--seed", type=int)
     protect.add_argument("--device", default="auto")
     protect.add_argument("--out", required=True, help="protection folder (work/ inside holds per-round checkpoints)")

@@ -24,6 +24,7 @@ from ..errors import ResumeMismatch
 from ..models import ClipModel, create_model, resolve_device
 from ..train import contrastive_step, parameter_groups
 from .artifact import Protection, ProtectedDataset
+from .diagnostics import shortcut_report
 from .hotflip import hotflip_step
 from .pgd import pgd_noise
 from .sharing import sharing_units, sweep_rows
@@ -57,6 +58,8 @@ class ProtectConfig:
     ascent: bool = False
     granularity: str = "image"  # row | image | cluster
     n_clusters: int = 0
+    cluster_size: int = 0  # cluster granularity: about this many images per cluster (overrides n_clusters)
+    noise_block: int = 1  # the noise is constant on noise_block x noise_block pixel squares (1: per pixel)
     seed: int = 0
     amp: bool = True
 
@@ -91,6 +94,8 @@ class Protector:
             raise ValueError("rounds >= 1 and batch_size >= 2 are required")
         if c.pgd_steps < 0 or c.surrogate_steps < 0 or c.surrogate_epochs < 0 or c.step_size < 1:
             raise ValueError("pgd_steps, surrogate_steps, surrogate_epochs >= 0 and step_size >= 1 are required")
+        if c.noise_block < 1 or c.cluster_size < 0:
+            raise ValueError("noise_block >= 1 and cluster_size >= 0 are required")
 
     def get_params(self) -> dict:
         return asdict(self.config)
@@ -152,7 +157,7 @@ class Protector:
             state.rounds_done = round_index + 1
             state.checkpoint(surrogate, optimizer)
             rounds.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("surrogate_loss", "pgd_loss_first", "pgd_loss_last")})
-        return state.finish()
+        return state.finish(shortcut_report(surrogate, dataset, state.protection, c.batch_size, c.seed))
 
     def _optimizer(self, surrogate: ClipModel) -> torch.optim.Optimizer:
         c = self.config
@@ -229,7 +234,7 @@ class Protector:
 
             noise = torch.from_numpy(np.asarray(protection.noise[units])).permute(0, 3, 1, 2)
             noise, losses = pgd_noise(surrogate, dataset.image_batch(rows), noise, torch.from_numpy(local), tokens_for_step,
-                                      eps=c.eps, steps=c.pgd_steps, step_size=c.step_size, ascent=c.ascent, amp=c.amp)
+                                      eps=c.eps, steps=c.pgd_steps, step_size=c.step_size, ascent=c.ascent, amp=c.amp, block=c.noise_block)
             protection.noise[units] = noise.permute(0, 2, 3, 1).to(torch.int8).cpu().numpy()
             first.append(losses[0])
             last.append(losses[-1])
@@ -250,7 +255,7 @@ class _RunState:
     @classmethod
     def create(cls, protector: Protector, dataset: CaptionDataset, surrogate: ClipModel, work_dir) -> "_RunState":
         c = protector.config
-        unit_of_row = sharing_units(dataset, c.granularity, c.n_clusters, c.seed)
+        unit_of_row = sharing_units(dataset, c.granularity, c.n_clusters, c.seed, c.cluster_size)
         n_units = int(unit_of_row.max()) + 1
         shape = (n_units, dataset.image_size, dataset.image_size, 3)
         work_dir = Path(work_dir) if work_dir is not None else None
@@ -317,9 +322,10 @@ class _RunState:
         return {"unique_triggers": int(len(np.unique(triggers, axis=0))), "distinct_trigger_tokens": int(len(np.unique(triggers))),
                 "caption_vocab_share": float(np.isin(triggers, vocabulary).mean())}
 
-    def finish(self) -> Protection:
+    def finish(self, shortcut: dict) -> Protection:
+        """The finished protection, its config carrying the surrogate preparation and the end-of-run shortcut report."""
         protection = self.protection
-        protection.config = protection.config | {"prepare": self.prepare_info}
+        protection.config = protection.config | {"prepare": self.prepare_info, "shortcut": shortcut}
         return protection
 
 
