@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from mem_toolkit.data import load_caption_csv
+from mem_toolkit.protect import MEM, StrippedView, random_id_protection
+from mem_toolkit.protect.controls import strip_words, write_control_sets
+from mem_toolkit.text import CaptionTokenizer
 
 
 def test_coco_mini_loads_and_decodes(shared_data):
@@ -16,3 +21,35 @@ def test_coco_mini_loads_and_decodes(shared_data):
     assert pixels.shape == (159, 48, 48, 3) and pixels.dtype == np.uint8
     assert (pixels.reshape(159, -1).std(axis=1) > 5).all()  # real content in every image, not blank
     assert len({p.tobytes() for p in pixels}) == 159  # and all distinct
+
+
+@pytest.fixture(scope="module")
+def photo_subset(shared_data):
+    """The first 64 photos of the real-photo development split (about 320 human captions) at 64 px."""
+    train = load_caption_csv(shared_data / "vi_photos_dev" / "train.csv", 64)
+    return train.select_images(np.arange(64)).preload(progress=False)
+
+
+def test_control_sets_are_what_a_hacker_makes_of_the_published_files(photo_subset, tmp_path):
+    protection = MEM(3, preset="photos", rounds=1, surrogate_steps=2, pgd_steps=1, trigger_rounds=1, candidates=2, batch_size=32).fit(
+        photo_subset, progress=False)
+    assert protection.n_units == round(photo_subset.n_images / 8)  # photos share noise and trigger by caption cluster
+    random_id = random_id_protection(photo_subset, 3, vocab_size=24)
+    sets = write_control_sets(photo_subset, protection, random_id, tmp_path)
+    assert sorted(sets) == ["clean", "mem-3", "mem-3-noise-only", "mem-3-trigger-only", "random-id-trigger"]
+    loaded = {name: load_caption_csv(path, 64).preload(progress=False) for name, path in sets.items()}
+    rows = np.arange(len(photo_subset))
+    protected = protection.apply(photo_subset)
+    tokenizer = CaptionTokenizer()
+    # noise only = the published photos with the trigger words deleted from the published captions
+    assert loaded["mem-3-noise-only"].captions == photo_subset.captions
+    assert loaded["mem-3-noise-only"].captions == [strip_words(c, 3) for c in loaded["mem-3"].captions]
+    assert torch.equal(loaded["mem-3-noise-only"].image_batch(rows), protected.image_batch(rows))
+    assert torch.equal(loaded["mem-3-noise-only"].token_batch(rows, tokenizer, 77), StrippedView(protected, 3).token_batch(rows, tokenizer, 77))
+    # trigger only = the published captions on the clean photos
+    assert torch.equal(loaded["mem-3-trigger-only"].image_batch(rows), photo_subset.image_batch(rows))
+    assert torch.equal(loaded["mem-3-trigger-only"].token_batch(rows, tokenizer, 77), protected.token_batch(rows, tokenizer, 77))
+    assert not torch.equal(loaded["mem-3"].image_batch(rows), photo_subset.image_batch(rows))
+    assert torch.equal(loaded["random-id-trigger"].image_batch(rows), photo_subset.image_batch(rows))
+    assert all(published.endswith(" " + caption) and published != caption
+               for published, caption in zip(loaded["random-id-trigger"].captions, photo_subset.captions))

@@ -35,14 +35,20 @@ def write_caption_folder(
         target = out_dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
         write_png(target, pixels)
-    csv_path = out_dir / csv_name
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    return write_caption_csv(out_dir / csv_name, rows, header)
+
+
+def write_caption_csv(path: str | os.PathLike, rows: list[tuple[str, str]], header: tuple[str, str] = ("image", "caption")) -> Path:
+    """A caption CSV of `rows`, written to a temp name then renamed (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, csv_path)
-    return csv_path
+    os.replace(tmp, path)
+    return path
 
 
 def write_dataset(dataset, out_dir: str | os.PathLike, csv_name: str, progress: bool = True) -> Path:

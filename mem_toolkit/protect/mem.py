@@ -20,6 +20,12 @@ class MEM(Protector):
         # trained briefly at a higher lr, so the noise<->trigger shortcut is what it learns first
         "cpu": dict(rounds=10, surrogate_steps=20, surrogate_lr=5e-4, surrogate_reset=1, pgd_steps=5, trigger_rounds=2, candidates=8,
                     trigger_vocab_size=24, batch_size=128, eps=8, granularity="image"),
+        # real photos: noise and trigger shared by about 8 photos whose captions agree (k-means over TF-IDF), so a
+        # trigger cannot be a photo ID and the noise alone is a shortcut to the captions; a blocky code of the
+        # trigger as the starting noise, kept blocky (8 px squares) by PGD: a coarse pattern a fresh model learns first
+        "photos": dict(rounds=10, surrogate_steps=20, surrogate_lr=5e-4, surrogate_reset=1, pgd_steps=5, trigger_rounds=2, candidates=8,
+                       trigger_vocab_size=24, batch_size=128, eps=8, granularity="cluster", cluster_size=8, noise_init="trigger-code",
+                       noise_block=8),
     }
 
     def __init__(self, trigger_len: int = 3, preset: str | None = None, **settings) -> None:

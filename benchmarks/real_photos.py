@@ -1,0 +1,176 @@
+"""Real-photo efficacy: protect the train split of a real photo-caption set, publish it, and hack the published files.
+
+Fresh hackers (several architectures x seeds, from scratch) train on files a hacker could download:
+clean, MEM-k as exported, its triggers on the clean photos (trigger only), its photos with the
+original captions (noise only = the trigger stripped) and one random k-word trigger per photo (the
+free baseline); each is scored on the clean test photos. Mean and spread over seeds, JSON out.
+
+`--eval validation` holds a fifth of the train photos out as the test set, for choosing settings;
+`--eval test` uses the fixed test split and is for reporting only (never tune on it).
+
+    python benchmarks/real_photos.py --eval validation --preset photos --seeds 0 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, write_result  # noqa: E402
+
+from mem_toolkit.data import load_caption_csv  # noqa: E402
+from mem_toolkit.experiment import protect_cached, random_guess, run_arm  # noqa: E402
+from mem_toolkit.data.writer import write_caption_csv  # noqa: E402
+from mem_toolkit.protect import MEM, random_id_protection  # noqa: E402
+from mem_toolkit.protect.controls import write_control_sets  # noqa: E402
+from mem_toolkit.train import TrainConfig  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vi_photos_dev"
+METRICS = [f"{d}_{m}" for d in ("i2t", "t2i") for m in ("R@1", "R@5", "R@10", "MedR")]
+
+
+def parse_value(text: str):
+    """A command-line setting value as JSON where it parses (numbers, true/false), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def split_for_evaluation(data: Path, mode: str, image_size: int, seed: int):
+    """(train, test) datasets: the fixed split, or the train split with a seeded fifth of its photos held out."""
+    train = load_caption_csv(data / "train.csv", image_size).preload(progress=False)
+    if mode == "test":
+        return train, load_caption_csv(data / "test.csv", image_size).preload(progress=False)
+    order = np.random.default_rng([seed, 2024]).permutation(train.n_images)
+    held = len(order) // 5
+    return train.select_images(np.sort(order[held:])), train.select_images(np.sort(order[:held]))
+
+
+def hack(job: dict) -> dict:
+    """One fresh hacker on one arm's CSV (run in a worker process with one torch thread)."""
+    torch.set_num_threads(job["threads"])
+    train = load_caption_csv(job["csv"], job["image_size"]).preload(progress=False)
+    test = load_caption_csv(job["test_csv"], job["image_size"]).preload(progress=False)
+    config = TrainConfig(epochs=job["epochs"], batch_size=job["batch_size"], seed=job["seed"] + 1)
+    result = run_arm(job["arm"], train, test, config, Path(job["out"]) / job["hacker"] / f"seed{job['seed']}", job["hacker"], progress=False)
+    return {"arm": job["arm"], "hacker": job["hacker"], "seed": job["seed"], "final": result.final, "seconds": result.seconds,
+            "final_loss": result.final["loss"]}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean, standard deviation, min and max over seeds of every metric, per hacker and arm."""
+    table: dict = {}
+    for run in runs:
+        table.setdefault(run["hacker"], {}).setdefault(run["arm"], []).append(run["final"])
+    return {hacker: {arm: {m: {"mean": float(np.mean([f[m] for f in finals])), "std": float(np.std([f[m] for f in finals])),
+                               "min": float(np.min([f[m] for f in finals])), "max": float(np.max([f[m] for f in finals])),
+                               "values": [f[m] for f in finals]} for m in METRICS + ["loss"]}
+                     for arm, finals in arms.items()} for hacker, arms in table.items()}
+
+
+def targets(summary: dict, k: int) -> dict[str, bool]:
+    """The real-photo issue's targets on mean R@10, both directions, per hacker."""
+    checks = {}
+    for hacker, arms in summary.items():
+        for d in ("i2t", "t2i"):
+            r10 = {arm: arms[arm][f"{d}_R@10"]["mean"] for arm in arms}
+            checks[f"{hacker} {d}: MEM-{k} R@10 <= 1/2 clean"] = r10[f"mem-{k}"] <= r10["clean"] / 2
+            checks[f"{hacker} {d}: noise only R@10 <= 2/3 clean"] = r10[f"mem-{k}-noise-only"] <= r10["clean"] * 2 / 3
+            checks[f"{hacker} {d}: MEM-{k} R@10 < random-ID trigger"] = r10[f"mem-{k}"] < r10["random-id-trigger"]
+    return checks
+
+
+def markdown(summary: dict, random: dict) -> str:
+    lines = []
+    for hacker, arms in summary.items():
+        lines += [f"**{hacker}** (mean ± sd over seeds)", "", "| arm | i2t R@1 | i2t R@10 | i2t MedR | t2i R@1 | t2i R@10 | t2i MedR |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for arm, metrics in arms.items():
+            cells = [f"{metrics[m]['mean']:.1f} ± {metrics[m]['std']:.1f}" for m in
+                     ("i2t_R@1", "i2t_R@10", "i2t_MedR", "t2i_R@1", "t2i_R@10", "t2i_MedR")]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append("| random guess | " + " | ".join(f"{random[m]:.1f}" for m in
+                                                       ("i2t_R@1", "i2t_R@10", "i2t_MedR", "t2i_R@1", "t2i_R@10", "t2i_MedR")) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train.csv and test.csv")
+    parser.add_argument("--eval", choices=("validation", "test"), default="validation")
+    parser.add_argument("--preset", default="photos", help="MEM preset")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="MEM settings over the preset")
+    parser.add_argument("--trigger-len", type=int, default=3)
+    parser.add_argument("--hackers", nargs="+", default=["mem-tiny-rn", "mem-tiny-vit"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--arms", nargs="*", help="only these arms (default: all)")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--jobs", type=int, default=2, help="hackers trained at once, one torch thread each")
+    parser.add_argument("--out", type=Path, default=Path("runs/real_photos"))
+    parser.add_argument("--json", help="result file (default benchmarks/results/real_photos_<eval>.json)")
+    args = parser.parse_args()
+    if not (args.data / "train.csv").exists():
+        raise SystemExit(f"error: {args.data}/train.csv not found (the real photos live in ../shared/data/vi_photos_dev)")
+    torch.set_num_threads(2 if args.jobs == 1 else 1)
+    settings = dict(parse_value_pair(item) for item in args.set)
+    started = time.perf_counter()
+    train, test = split_for_evaluation(args.data, args.eval, args.image_size, seed=0)
+    k = args.trigger_len
+    protector = MEM(k, preset=args.preset, **settings)
+    out = args.out / args.eval
+    clock = time.perf_counter()
+    protection = protect_cached(protector, train, out / "protection" / f"mem-{k}", progress=True)
+    protect_seconds = time.perf_counter() - clock
+    random_id = random_id_protection(train, k, seed=protector.config.seed, vocab_size=protector.config.trigger_vocab_size)
+    arms = write_control_sets(train, protection, random_id, out)
+    test_csv = write_caption_csv(out / "test.csv", [(str(Path(test.image_paths[g]).resolve()), c) for g, c in zip(test.group_ids, test.captions)])
+    if args.arms:
+        arms = {name: path for name, path in arms.items() if name in args.arms}
+    jobs = [{"arm": arm, "csv": str(path), "test_csv": str(test_csv), "hacker": hacker, "seed": seed, "epochs": args.epochs,
+             "batch_size": args.batch_size, "image_size": args.image_size, "out": str(out / "hackers"), "threads": 2 if args.jobs == 1 else 1}
+            for seed in args.seeds for hacker in args.hackers for arm, path in arms.items()]
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        runs = []
+        for run in pool.map(hack, jobs):
+            runs.append(run)
+            print(f"{run['hacker']} seed {run['seed']} {run['arm']}: i2t R@10 {run['final']['i2t_R@10']:.1f} t2i R@10 "
+                  f"{run['final']['t2i_R@10']:.1f} loss {run['final_loss']:.2f} ({run['seconds']:.0f} s)", flush=True)
+    summary = summarise(runs)
+    random = random_guess(test)
+    payload = {
+        "machine": machine(), "eval": args.eval, "data": str(args.data), "n_train_images": train.n_images, "n_train_rows": len(train),
+        "n_test_images": test.n_images, "protection": {"method": protection.method, "config": protection.config,
+                                                       "diagnostics": protection.diagnostics, "shortcut": protection.config.get("shortcut"),
+                                                       "seconds": protect_seconds,
+                                                       "unique_triggers": int(len(np.unique(protection.triggers, axis=0))),
+                                                       "example_triggers": protection.trigger_words()[:8]},
+        "hacker": {"epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size, "from": "scratch"},
+        "runs": runs, "summary": summary, "random_guess": random, "targets": targets(summary, k) if not args.arms else {},
+        "table": markdown(summary, random), "seconds": time.perf_counter() - started,
+    }
+    print(payload["table"])
+    for check, ok in payload["targets"].items():
+        print(f"{'yes' if ok else 'NO '}  {check}")
+    write_result(f"real_photos_{args.eval}", payload, args.json)
+
+
+def parse_value_pair(item: str) -> tuple[str, object]:
+    key, _, value = item.partition("=")
+    return key, parse_value(value)
+
+
+if __name__ == "__main__":
+    main()
