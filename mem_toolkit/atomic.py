@@ -8,8 +8,8 @@ from typing import Callable
 from .errors import OutputError
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Write `path` through `write(temp_path)`, then fsync and rename over `path`.
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], sync: bool = True) -> Path:
+    """Write `path` through `write(temp_path)`, then fsync (unless `sync=False`: many small files) and rename over `path`.
 
     On any OSError (ENOSPC, EDQUOT, EACCES, ...) the temp file is removed and an OutputError says
     in one line what could not be written and that the previous version of `path` is unchanged.
@@ -20,8 +20,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        if sync:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)

@@ -192,3 +192,23 @@ def test_fewer_than_two_images_are_refused_before_any_work(shapes, tmp_path, cap
     single = make_shapes(1, 32, seed=0)
     with pytest.raises(DataError, match="1 usable image"):
         EM(rounds=1, surrogate_steps=1, pgd_steps=1).fit(single, progress=False)
+
+
+def test_full_disk_during_a_shard_export_is_one_line_and_leaves_no_torn_shard(protection, tmp_path, capsys, monkeypatch):
+    import mem_toolkit.data.shards as shards
+
+    real, calls = shards._write_tar, {"n": 0}
+
+    def write_tar(path, samples):
+        calls["n"] += 1
+        real(path, samples)
+        if calls["n"] == 2:
+            path.write_bytes(path.read_bytes()[:700])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shards, "_write_tar", write_tar)
+    out = tmp_path / "pub"
+    assert main(["export", "--protection", str(protection), "--format", "webdataset", "--shard-size", "5", "--out", str(out)]) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and f"could not write {out / 'shard-00001.tar'} (No space left on device); nothing was written there" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["shard-00000.tar"]  # the whole first shard, no temp file, no lock

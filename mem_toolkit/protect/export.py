@@ -59,9 +59,9 @@ def export_protection(protection: Protection, dataset: CaptionDataset, out_dir: 
         def read_back(name: str) -> tuple[np.ndarray, list[str]]:
             return _png_pixels((Path(out_dir) / files[name]).read_bytes()), [captions[r] for r in rows_of[name]]
     else:
-        samples = ((name, _sample_members(pixels(rows), [captions[r] for r in rows]))
-                   for name, rows in tqdm(units, desc="exporting protected shards", disable=not progress, unit="img"))
-        paths = write_shards(out_dir, samples, samples_per_shard)
+        with tqdm(units, desc="exporting protected shards", disable=not progress, unit="img") as bar:  # closed on errors too
+            samples = ((name, _sample_members(pixels(rows), [captions[r] for r in rows])) for name, rows in bar)
+            paths = write_shards(out_dir, samples, samples_per_shard)
         written = shard_pattern(paths)
         read_back = _shard_reader(paths)
     verify_export(protection, dataset, units, read_back, tokenizer, progress)
