@@ -140,3 +140,20 @@ def test_writer_round_trip_and_stale_shards(tmp_path):
     assert all(read_shard(p)[2] == [] for p in paths)
     assert [p.name for p in write_shards(tmp_path, samples[:1])] == ["shard-00000.tar"]
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["shard-00000.tar"]
+
+
+def test_row_noise_exports_one_sample_per_row_with_file_name_keys(tmp_path):
+    from mem_toolkit.data.shapes import make_shapes
+    from mem_toolkit.protect import EM
+    from mem_toolkit.protect.export import export_protection
+
+    data = make_shapes(4, 64, seed=1)
+    data.image_keys = [f"photos/img.{i}.jpg" for i in range(4)]  # as loaded from files: the extension goes, other dots become _
+    protection = EM(granularity="row", eps=4, rounds=1, surrogate_steps=1, pgd_steps=1, batch_size=8).fit(data, progress=False)
+    pattern = export_protection(protection, data, tmp_path / "pub", progress=False, format="webdataset", samples_per_shard=7)
+    back = load_shards(pattern, 64).preload(progress=False)
+    assert back.image_keys == [f"photos/img_{g}-r{row:06d}" for row, g in enumerate(data.group_ids)]
+    assert back.captions == data.captions  # EM: no trigger; one caption per sample, as .txt
+    assert {p.suffix for p in tmp_path.joinpath("pub").iterdir()} == {".tar"}
+    clean = data.images(data.group_ids).astype(int)
+    assert np.abs(back.images(range(back.n_images)).astype(int) - clean).max() <= 4
