@@ -6,21 +6,30 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from .atomic import atomic_write
 
 _META = "mem_toolkit_state"
 
 
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically: a failed write (a full disk) leaves the previous file valid."""
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(cpu, str(tmp), metadata=metadata)
+        except SafetensorError as error:  # safetensors reports I/O errors (ENOSPC too) as its own type
+            raise OSError(str(error)) from error
+
+    atomic_write(path, write)
+
+
 def save_state(path: str | os.PathLike, tensors: dict[str, torch.Tensor], state: dict) -> None:
-    """Write tensors + JSON-able state to `path` atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={_META: json.dumps(state)})
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Write tensors + JSON-able state to `path` atomically: an interrupted write keeps the previous checkpoint valid."""
+    save_tensors(path, tensors, {_META: json.dumps(state)})
 
 
 def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

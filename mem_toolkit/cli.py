@@ -6,21 +6,11 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_data import add_data_args, load_source, recorded_source, test_source, train_source
 from .data.pubfig import register_prepare
-from .errors import DataError, ResumeMismatch
+from .errors import DataError, OutputError, ProtectionError, ResumeMismatch, UsageError
 from .faces_cli import register_faces
-
-
-def _add_data_args(parser: argparse.ArgumentParser, train: bool = True, test: bool = True) -> None:
-    if train:
-        parser.add_argument("--train-csv", required=True, help="caption CSV/TSV of the training set")
-    if test:
-        parser.add_argument("--test-csv", help="caption CSV/TSV of the clean test set")
-    parser.add_argument("--image-column", help="image column name (detected if omitted)")
-    parser.add_argument("--caption-column", help="caption column name (detected if omitted)")
-    parser.add_argument("--delimiter", help="field delimiter (detected if omitted)")
-    parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable rows and report them, instead of stopping")
-    parser.add_argument("--cache-dir", help="folder for a memory-mapped decoded-image cache (large datasets)")
+from .lock import FolderLocked, output_lock
 
 
 def _add_train_args(parser: argparse.ArgumentParser) -> None:
@@ -33,17 +23,6 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     parser.add_argument("--no-amp", action="store_true", help="train in fp32 instead of bf16 autocast")
-
-
-def _load_csv(path: str, args, image_size: int):
-    from .data.loaders import load_caption_csv
-
-    dataset = load_caption_csv(path, image_size, image_column=args.image_column, caption_column=args.caption_column,
-                               delimiter=args.delimiter, skip_bad=args.skip_bad, cache_dir=args.cache_dir)
-    dataset = dataset.preload(skip_bad=args.skip_bad)
-    for problem in getattr(dataset, "skipped", []):
-        print(f"skipped: {problem}", file=sys.stderr)
-    return dataset
 
 
 def _train_config(args):
@@ -76,10 +55,13 @@ def cmd_train(args) -> int:
     from .models import create_model, resolve_device
     from .train import train_run
 
-    model = create_model(args.model, args.pretrained, resolve_device(args.device), seed=args.seed)
-    train = _load_csv(args.train_csv, args, model.image_size)
-    test = _load_csv(args.test_csv, args, model.image_size) if args.test_csv else None
-    history = train_run(model, train, test, _train_config(args), args.out, resume=args.resume)
+    source = train_source(args)
+    test_of = test_source(args, source)
+    with output_lock(args.out):
+        model = create_model(args.model, args.pretrained, resolve_device(args.device), seed=args.seed)
+        train = load_source(source, args, model.image_size)
+        test = load_source(test_of, args, model.image_size) if test_of else None
+        history = train_run(model, train, test, _train_config(args), args.out, resume=args.resume)
     print(json.dumps(history.final, indent=2))
     return 0
 
@@ -89,8 +71,9 @@ def cmd_evaluate(args) -> int:
     from .models import load_model, resolve_device
     from .train import write_json
 
+    source = test_source(args, required=True)
     model = load_model(args.checkpoint, resolve_device(args.device))
-    report = evaluate_retrieval(model, _load_csv(args.test_csv, args, model.image_size))
+    report = evaluate_retrieval(model, load_source(source, args, model.image_size))
     print(report.table())
     if args.out:
         write_json(args.out, report.to_dict())
@@ -121,30 +104,26 @@ def _protector(args):
         raise SystemExit(2) from None
 
 
-def _dataset_record(args) -> dict:
-    """How the protected dataset was read, so `export` and `verify` can read it again."""
-    return {"train_csv": str(Path(args.train_csv).resolve()), "image_column": args.image_column,
-            "caption_column": args.caption_column, "delimiter": args.delimiter}
-
-
 def cmd_protect(args) -> int:
     from .experiment import save_protection, saved_protection
     from .models import create_model
 
+    source = train_source(args)
     protector = _protector(args)
     config = protector.config
-    surrogate = create_model(config.surrogate_model, args.surrogate_checkpoint, protector.device, seed=config.seed)
-    train = _load_csv(args.train_csv, args, surrogate.image_size)
     out = Path(args.out)
-    finished = saved_protection(out, train, protector, surrogate.pretrained) if args.resume else None
-    if finished is not None:
-        print(f"{out} already holds this finished protection")
-        protection = finished
-    else:
-        protection = protector.fit(train, surrogate, work_dir=out / "work", resume=args.resume)
-        protection.config["dataset"] = _dataset_record(args)
-        protection = save_protection(protection, out)
-        print(f"saved {protection.method} protection of {len(train)} rows to {out}")
+    with output_lock(out):
+        surrogate = create_model(config.surrogate_model, args.surrogate_checkpoint, protector.device, seed=config.seed)
+        train = load_source(source, args, surrogate.image_size)
+        finished = saved_protection(out, train, protector, surrogate.pretrained) if args.resume else None
+        if finished is not None:
+            print(f"{out} already holds this finished protection")
+            protection = finished
+        else:
+            protection = protector.fit(train, surrogate, work_dir=out / "work", resume=args.resume)
+            protection.config["dataset"] = source.record()
+            protection = save_protection(protection, out)
+            print(f"saved {protection.method} protection of {len(train)} rows to {out}")
     last = protection.diagnostics[-1]
     print("last round: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)))
     if protection.trigger_len:
@@ -155,28 +134,23 @@ def cmd_protect(args) -> int:
 
 
 def _protected_dataset(args):
-    """The protection and the dataset it was made for (recorded path unless --train-csv overrides)."""
+    """The protection and the dataset it was made for (the recorded source unless a --train-* flag names another)."""
     from .protect import Protection
 
     protection = Protection.load(args.protection)
-    record = protection.config.get("dataset", {})
-    for key in ("image_column", "caption_column", "delimiter"):
-        if getattr(args, key, None) is None:
-            setattr(args, key, record.get(key))
-    csv_path = args.train_csv or record.get("train_csv")
-    if not csv_path:
-        raise SystemExit("error: the protection does not record its dataset; pass --train-csv")
-    dataset = _load_csv(csv_path, args, protection.image_size)
+    source = recorded_source(args, protection.config.get("dataset", {}))
+    dataset = load_source(source, args, protection.image_size)
     protection.check_fits(dataset)
-    return protection, dataset
+    return protection, source, dataset
 
 
 def cmd_export(args) -> int:
     from .protect.export import export_protection
 
-    protection, dataset = _protected_dataset(args)
-    csv_path = export_protection(protection, dataset, args.out)
-    print(f"wrote {csv_path} and the protected images; |noise| <= {protection.eps}/255 verified on the written files")
+    with output_lock(args.out):
+        protection, _, dataset = _protected_dataset(args)
+        written = export_protection(protection, dataset, args.out, format=args.format, samples_per_shard=args.shard_size)
+    print(f"wrote {written} and the protected images; |noise| <= {protection.eps}/255 verified on the written files")
     return 0
 
 
@@ -184,16 +158,17 @@ def cmd_verify(args) -> int:
     from .experiment import results_table, run_arm
     from .train import write_json
 
-    protection, dataset = _protected_dataset(args)
-    test = _load_csv(args.test_csv, args, protection.image_size)
-    config = _train_config(args)
     out = Path(args.out or Path(args.protection) / "verify")
-    arms = {"clean": dataset, protection.method: protection.apply(dataset)}
-    results = {name: run_arm(name, data, test, config, out, args.model, args.device) for name, data in arms.items()}
-    finals = {name: r.final for name, r in results.items()}
-    table = results_table(finals, test, f"hacker {args.model}, {args.epochs} epochs, clean test set")
-    (out / "verify.md").write_text(table + "\n")
-    write_json(out / "verify.json", {"results": finals, "table": table})
+    with output_lock(out):
+        protection, source, dataset = _protected_dataset(args)
+        test = load_source(test_source(args, source, required=True), args, protection.image_size)
+        config = _train_config(args)
+        arms = {"clean": dataset, protection.method: protection.apply(dataset)}
+        results = {name: run_arm(name, data, test, config, out, args.model, args.device) for name, data in arms.items()}
+        finals = {name: r.final for name, r in results.items()}
+        table = results_table(finals, test, f"hacker {args.model}, {args.epochs} epochs, clean test set")
+        (out / "verify.md").write_text(table + "\n")
+        write_json(out / "verify.json", {"results": finals, "table": table})
     print(table)
     return 0
 
@@ -227,23 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--photos-per-person", type=int, default=10, help="faces: photos of each person")
     make.set_defaults(func=cmd_make_data)
 
-    train = commands.add_parser("train", help="train a CLIP on a caption CSV, evaluating on the test CSV every epoch")
-    _add_data_args(train)
+    train = commands.add_parser("train", help="train a CLIP on a caption dataset, evaluating on the test set every epoch")
+    add_data_args(train)
     _add_train_args(train)
     train.add_argument("--out", required=True, help="run folder: history.json, metrics.json, model.safetensors, checkpoint")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.set_defaults(func=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="retrieval of a saved model on a clean test CSV")
+    evaluate = commands.add_parser("evaluate", help="retrieval of a saved model on a clean test set")
     evaluate.add_argument("--checkpoint", required=True, help="model.safetensors written by `train`")
-    evaluate.add_argument("--test-csv", required=True)
-    _add_data_args(evaluate, train=False, test=False)
+    add_data_args(evaluate, train=None, test="required")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", help="write the report as JSON here")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    protect = commands.add_parser("protect", help="make a protection (noise + trigger) for a caption CSV")
-    _add_data_args(protect, test=False)
+    protect = commands.add_parser("protect", help="make a protection (noise + trigger) for a caption dataset")
+    add_data_args(protect, test=None)
     protect.add_argument("--method", choices=["mem", "em", "uap"], default="mem")
     protect.add_argument("--trigger-len", type=int, default=None, help="MEM trigger length k (MEM-3: 3)")
     protect.add_argument("--preset", choices=["paper", "cpu", "photos"],
@@ -276,18 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--resume", action="store_true", help="continue an interrupted run from its last round")
     protect.set_defaults(func=cmd_protect, trigger_len=None)
 
-    export = commands.add_parser("export", help="write protected PNGs + captions.csv, ready to publish")
+    export = commands.add_parser("export", help="write the protected data, ready to publish: PNGs + captions.csv, or webdataset shards")
     export.add_argument("--protection", required=True)
-    export.add_argument("--train-csv", help="the dataset the protection was made for (default: the recorded one)")
-    _add_data_args(export, train=False, test=False)
+    add_data_args(export, train="override", test=None)
+    export.add_argument("--format", choices=["png", "webdataset"], default="png",
+                        help="png: images/*.png + captions.csv; webdataset: shard-00000.tar, ... (PNG + txt, or json with all captions)")
+    export.add_argument("--shard-size", type=int, default=1000, help="webdataset: samples per shard")
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_export)
 
     verify = commands.add_parser("verify", help="train a hacker on clean and on protected data, compare on the clean test set")
     verify.add_argument("--protection", required=True)
-    verify.add_argument("--train-csv", help="the dataset the protection was made for (default: the recorded one)")
-    verify.add_argument("--test-csv", required=True)
-    _add_data_args(verify, train=False, test=False)
+    add_data_args(verify, train="override", test="required")
     _add_train_args(verify)
     verify.add_argument("--out", help="results folder (default: PROTECTION/verify)")
     verify.set_defaults(func=cmd_verify)
@@ -312,9 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except DataError as error:
+    except (DataError, ProtectionError, UsageError, FolderLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OutputError as error:
+        print(f"error: {error}; free some space (or fix the folder's permissions) and run again: train and protect continue "
+              "from their last checkpoint with --resume", file=sys.stderr)
+        return 1
     except ResumeMismatch as error:
         print(f"error: {error}; run without --resume to start afresh, or choose another --out", file=sys.stderr)
         return 2

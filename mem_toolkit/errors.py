@@ -35,3 +35,15 @@ class DataError(ValueError):
 
 class ResumeMismatch(ValueError):
     """A checkpoint or finished result exists but was made for other data or with other settings."""
+
+
+class ProtectionError(ValueError):
+    """A saved protection that cannot be used: missing or truncated file, malformed JSON, noise beyond ε, other rows."""
+
+
+class OutputError(RuntimeError):
+    """An output could not be written (a full disk, no permission); whatever was there before is unchanged."""
+
+
+class UsageError(ValueError):
+    """Command-line flags that do not fit together (e.g. two training sources)."""

@@ -13,9 +13,10 @@ from pathlib import Path
 import open_clip
 import torch
 from open_clip.tokenizer import SimpleTokenizer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from .checkpoint import save_tensors
 from .text import CaptionTokenizer
 
 BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
@@ -85,11 +86,7 @@ class ClipModel(nn.Module):
     def save(self, path: str | os.PathLike) -> None:
         """Weights as safetensors plus a JSON sidecar naming the architecture (no pickle)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.clip.state_dict().items()}
-        tmp = path.with_suffix(".tmp")
-        save_file(state, str(tmp), metadata={"name": self.name})
-        os.replace(tmp, path)
+        save_tensors(path, self.clip.state_dict(), {"name": self.name})
         sidecar = path.with_suffix(".json")
         sidecar.write_text(json.dumps({"name": self.name, "pretrained": self.pretrained, "image_size": self.image_size}))
 

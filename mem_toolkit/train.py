@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from .atomic import write_text
 from .checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
 from .data.dataset import CaptionDataset
 from .errors import ResumeMismatch
@@ -86,12 +87,8 @@ class History:
 
 
 def write_json(path: str | os.PathLike, data: dict | Sequence) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    """Atomic JSON write (temp file + rename); a failed write leaves the previous file as it was."""
+    write_text(path, json.dumps(data, indent=2))
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -18,7 +18,7 @@ def test_protect_export_verify_and_resume(tmp_path, capsys):
     assert main(args) == 0
     info = json.loads((protection / "protection.json").read_text())
     assert info["method"] == "mem-2" and info["eps"] == 4 and len(info["diagnostics"]) == 2
-    assert info["config"]["dataset"]["train_csv"].endswith("train.csv")
+    assert info["config"]["dataset"]["kind"] == "csv" and info["config"]["dataset"]["path"].endswith("train.csv")
     assert {k: info["config"][k] for k in ("trigger_vocab_size", "surrogate_reset", "surrogate_lr", "noise_init")} == {
         "trigger_vocab_size": 10, "surrogate_reset": 1, "surrogate_lr": 5e-4, "noise_init": "trigger-code"}
     assert not (protection / "work").exists()  # the resume state goes once the artifact is saved

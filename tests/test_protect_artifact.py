@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mem_toolkit.data.loaders import load_caption_csv
+from mem_toolkit.errors import ProtectionError
 from mem_toolkit.protect import EM, MEM, UAP, Protection, StrippedView
 from mem_toolkit.protect.export import export_protection
 from mem_toolkit.protect.sharing import sharing_units
@@ -93,7 +94,7 @@ def test_load_rejects_wrong_shape_eps_and_dataset(mem_protection, tiny_shapes, t
     with pytest.raises(ValueError, match="beyond its ε = 6"):
         Protection.load(folder)
     (folder / "triggers.npy").unlink()
-    with pytest.raises(FileNotFoundError, match="triggers.npy"):
+    with pytest.raises(ProtectionError, match="triggers.npy is missing"):
         Protection.load(folder)
 
 

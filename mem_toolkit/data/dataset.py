@@ -12,15 +12,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, Problem
-from .images import load_image
+from .images import ShardMember, load_image
 
 
 class CaptionDataset:
     """Rows of (image, caption); rows showing the same image share a group id.
 
-    Images are either files (decoded lazily with Pillow into a uint8 cache, in RAM or as a memory
-    map under `cache_dir`) or an in-memory uint8 array (the synthetic generators). Pixels stay
-    uint8 until the model: protection adds integer noise to them, the model wrapper normalises.
+    Images are either files or members of tar shards (decoded lazily with Pillow into a uint8
+    cache, in RAM or as a memory map under `cache_dir`) or an in-memory uint8 array (the synthetic
+    generators). Pixels stay uint8 until the model: protection adds integer noise to them, the
+    model wrapper normalises.
     """
 
     def __init__(
@@ -30,7 +31,7 @@ class CaptionDataset:
         image_keys: Sequence[str],
         image_size: int,
         *,
-        image_paths: Sequence[str | os.PathLike] | None = None,
+        image_paths: Sequence[str | os.PathLike | ShardMember] | None = None,
         image_array: np.ndarray | None = None,
         name: str = "dataset",
         cache_dir: str | os.PathLike | None = None,
@@ -43,7 +44,7 @@ class CaptionDataset:
         self.image_size = int(image_size)
         self.name = name
         self.cache_dir = cache_dir
-        self.image_paths = None if image_paths is None else [Path(p) for p in image_paths]
+        self.image_paths = None if image_paths is None else [p if isinstance(p, ShardMember) else Path(p) for p in image_paths]
         if len(self.captions) != len(self.group_ids):
             raise ValueError("captions and group_ids differ in length")
         if len(self.group_ids) and (self.group_ids.min() < 0 or self.group_ids.max() >= len(self.image_keys)):
@@ -205,3 +206,11 @@ def _make_cache(shape: tuple[int, ...], cache_dir, fingerprint: str) -> tuple[np
     mask_file = _mask_path(str(path))
     loaded = np.load(mask_file) if mode == "r+" and os.path.exists(mask_file) else np.zeros(shape[0], dtype=bool)
     return pixels, loaded
+
+
+def require_images(dataset: CaptionDataset, minimum: int = 2) -> None:
+    """Refuse a dataset with fewer than `minimum` images before any work: contrastive training and retrieval compare images."""
+    if dataset.n_images < minimum:
+        left_out = f" ({len(dataset.skipped)} bad row(s) were left out)" if dataset.skipped else ""
+        raise DataError([Problem(dataset.name, None, f"{dataset.n_images} usable image(s){left_out}; at least {minimum} are needed, "
+                                                     "since contrastive training and retrieval compare images with each other")])

@@ -1,7 +1,9 @@
 """Reading image files into the model's square uint8 input, and checking them before a long run."""
 from __future__ import annotations
 
+import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,32 @@ def fit_square(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode one image file into a (size, size, 3) uint8 array."""
-    with Image.open(path) as image:
+@dataclass(frozen=True)
+class ShardMember:
+    """An image stored in a tar shard: where its bytes lie, and the sample key that messages name."""
+
+    shard: Path
+    key: str
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        """The member's bytes, read straight from their offset (uncompressed tar: random access)."""
+        with open(self.shard, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read(self.size)
+        if len(data) != self.size:
+            raise EOFError(f"the shard ends {self.size - len(data)} bytes into this image")
+        return data
+
+    def __str__(self) -> str:
+        return f"{self.shard}, key {self.key}"
+
+
+def load_image(path: str | os.PathLike | ShardMember, size: int) -> np.ndarray:
+    """Decode one image (a file, or a member of a tar shard) into a (size, size, 3) uint8 array."""
+    source = io.BytesIO(path.read()) if isinstance(path, ShardMember) else path
+    with Image.open(source) as image:
         return fit_square(image, size)
 
 

@@ -63,15 +63,33 @@ def build_dataset(
             group_of_path[path] = len(group_of_path)
         captions.append(" ".join(caption.split()))
         group_ids.append(group_of_path[path])
-    problems = problems + bad
+    paths = list(group_of_path)
+    root = os.path.commonpath([str(p.parent) for p in paths]) if paths else ""
+    keys = [os.path.relpath(p, root) for p in paths]
+    return collected_dataset(captions, group_ids, keys, paths, image_size, name, skip_bad, problems + bad, cache_dir)
+
+
+def collected_dataset(
+    captions: list[str],
+    group_ids: list[int],
+    keys: list[str],
+    images: list,
+    image_size: int,
+    name: str,
+    skip_bad: bool,
+    problems: list[Problem],
+    cache_dir: str | os.PathLike | None = None,
+) -> CaptionDataset:
+    """The dataset of the good rows, after every problem of the input was collected: all raised together unless `skip_bad`.
+
+    `images` are the image files (or shard members) of the groups; with `skip_bad` the problems
+    are kept in `dataset.skipped`.
+    """
     if problems and not skip_bad:
         raise DataError(problems, hint="Fix these rows, or pass skip_bad=True (--skip-bad) to leave them out.")
     if not captions:
         raise DataError(problems or [Problem(name, None, "no usable rows")])
-    paths = list(group_of_path)
-    root = os.path.commonpath([str(p.parent) for p in paths]) if paths else ""
-    keys = [os.path.relpath(p, root) for p in paths]
-    dataset = CaptionDataset(captions, group_ids, keys, image_size, image_paths=paths, name=name, cache_dir=cache_dir)
+    dataset = CaptionDataset(captions, group_ids, keys, image_size, image_paths=images, name=name, cache_dir=cache_dir)
     dataset.skipped = problems
     return dataset
 

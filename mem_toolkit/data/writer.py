@@ -10,12 +10,12 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write
+
 
 def write_png(path: Path, pixels: np.ndarray) -> None:
-    """Lossless PNG, written to a temp name then renamed so an interrupted export leaves no torn file."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(pixels).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """Lossless PNG, written to a temp name then renamed so an interrupted export (or a full disk) leaves no torn file."""
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"), sync=False)
 
 
 def write_caption_folder(
@@ -31,24 +31,24 @@ def write_caption_folder(
     """Write (file name, uint8 HxWx3) images under `out_dir` and a CSV of `rows` (`image,caption` by default)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, pixels in tqdm(images, total=n_images, desc=description, disable=not progress, unit="img"):
-        target = out_dir / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_png(target, pixels)
+    with tqdm(images, total=n_images, desc=description, disable=not progress, unit="img") as bar:  # closed on errors too
+        for name, pixels in bar:
+            target = out_dir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_png(target, pixels)
     return write_caption_csv(out_dir / csv_name, rows, header)
 
 
 def write_caption_csv(path: str | os.PathLike, rows: list[tuple[str, str]], header: tuple[str, str] = ("image", "caption")) -> Path:
-    """A caption CSV of `rows`, written to a temp name then renamed (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    """A caption CSV of `rows`, written atomically (a reader never sees half a file; a full disk keeps the old one)."""
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+    return atomic_write(path, write_csv)
 
 
 def write_dataset(dataset, out_dir: str | os.PathLike, csv_name: str, progress: bool = True) -> Path:

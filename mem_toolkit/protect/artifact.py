@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..atomic import atomic_write, write_text
 from ..data.dataset import CaptionDataset
+from ..errors import ProtectionError
 from ..text import CaptionTokenizer
 
 FORMAT_VERSION = 1
@@ -81,7 +83,7 @@ class Protection:
         if dataset.fingerprint() != self.fingerprint:
             problems.append(f"fingerprint {dataset.fingerprint()} (images, captions or order differ), the protection's is {self.fingerprint}")
         if problems:
-            raise ValueError(f"protection does not fit dataset {dataset.name!r}: " + "; ".join(problems))
+            raise ProtectionError(f"protection does not fit dataset {dataset.name!r}: " + "; ".join(problems))
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
@@ -94,28 +96,39 @@ class Protection:
         info = {"format": FORMAT_VERSION, "method": self.method, "eps": self.eps, "image_size": self.image_size,
                 "fingerprint": self.fingerprint, "config": self.config, "diagnostics": self.diagnostics,
                 "versions": self.versions, "trigger_words": self.trigger_words()}
-        tmp = directory / "protection.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, directory / "protection.json")
+        write_text(directory / "protection.json", json.dumps(info, indent=2))
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike, dataset: CaptionDataset | None = None) -> "Protection":
-        """Read a saved protection, checking shapes, dtype and the ε bound (and the dataset, if given)."""
+        """Read a saved protection, checking shapes, dtype and the ε bound (and the dataset, if given).
+
+        Every problem (a missing or truncated file, malformed JSON, noise beyond ε, other rows) is
+        one ProtectionError naming the folder and what is wrong.
+        """
         directory = Path(directory)
         meta_path = directory / "protection.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found: not a protection folder")
-        info = json.loads(meta_path.read_text())
+            raise ProtectionError(f"{meta_path} not found: {directory} is not a protection folder")
+        try:
+            info = json.loads(meta_path.read_text(encoding="utf-8"))
+            header = (info["method"], int(info["eps"]), int(info["image_size"]), info["fingerprint"], info["config"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ProtectionError(f"{meta_path} is not valid JSON ({error}): the protection is damaged") from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise ProtectionError(f"{meta_path} lacks a valid entry {error}: the protection is damaged") from None
         arrays = {}
         for name in ("noise", "triggers", "unit_of_row"):
             path = directory / f"{name}.npy"
             if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing")
-            arrays[name] = np.load(path, mmap_mode="r" if name == "noise" else None, allow_pickle=False)
-        protection = cls(info["method"], arrays["noise"], arrays["triggers"], arrays["unit_of_row"], int(info["eps"]),
-                         int(info["image_size"]), info["fingerprint"], info["config"], info.get("diagnostics", []),
-                         info.get("versions", {}))
+                raise ProtectionError(f"{path} is missing: the protection is incomplete")
+            try:
+                arrays[name] = np.load(path, mmap_mode="r" if name == "noise" else None, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as error:
+                raise ProtectionError(f"{path} cannot be read ({error}): truncated or damaged") from None
+        method, eps, image_size, fingerprint, config = header
+        protection = cls(method, arrays["noise"], arrays["triggers"], arrays["unit_of_row"], eps, image_size, fingerprint, config,
+                         info.get("diagnostics", []), info.get("versions", {}))
         protection.validate(source=str(directory))
         if dataset is not None:
             protection.check_fits(dataset)
@@ -124,28 +137,31 @@ class Protection:
     def validate(self, source: str = "protection") -> None:
         """Check array shapes and dtypes, unit indices, and |noise| <= ε (in chunks: the noise may be a memory map)."""
         size = self.image_size
+        if self.triggers.dtype.kind not in "iu" or self.unit_of_row.dtype.kind not in "iu":
+            raise ProtectionError(f"{source}: triggers and unit_of_row must be integer arrays, got {self.triggers.dtype} and {self.unit_of_row.dtype}")
         if self.noise.dtype != np.int8 or self.noise.ndim != 4 or self.noise.shape[1:] != (size, size, 3):
-            raise ValueError(f"{source}: noise must be int8 of shape (units, {size}, {size}, 3), got {self.noise.dtype} {self.noise.shape}")
+            raise ProtectionError(f"{source}: noise must be int8 of shape (units, {size}, {size}, 3), got {self.noise.dtype} {self.noise.shape}")
         if self.triggers.ndim != 2 or self.triggers.shape[0] != self.noise.shape[0]:
-            raise ValueError(f"{source}: triggers must have shape ({self.noise.shape[0]}, k), got {self.triggers.shape}")
+            raise ProtectionError(f"{source}: triggers must have shape ({self.noise.shape[0]}, k), got {self.triggers.shape}")
         if self.unit_of_row.ndim != 1 or (len(self.unit_of_row) and (self.unit_of_row.min() < 0 or self.unit_of_row.max() >= self.n_units)):
-            raise ValueError(f"{source}: unit_of_row must index the {self.n_units} units")
+            raise ProtectionError(f"{source}: unit_of_row must index the {self.n_units} units")
         for start in range(0, self.n_units, 4096):
             peak = int(np.abs(self.noise[start:start + 4096].astype(np.int16)).max(initial=0))
             if peak > self.eps:
-                raise ValueError(f"{source}: noise reaches {peak}/255, beyond its ε = {self.eps}/255")
+                raise ProtectionError(f"{source}: noise reaches {peak}/255, beyond its ε = {self.eps}/255")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     """Atomic .npy write, streamed from a memory map when the array is one."""
-    tmp = path.with_name(path.name + ".tmp")
     if isinstance(array, np.memmap) and array.filename and Path(array.filename).suffix == ".npy":
         array.flush()
-        shutil.copyfile(array.filename, tmp)
+        atomic_write(path, lambda tmp: shutil.copyfile(array.filename, tmp))
     else:
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(tmp, path)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # a file handle: np.save would add ".npy" to a bare temp name
+                np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+        atomic_write(path, write)
 
 
 class ProtectedDataset:

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write
 from ..checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
-from ..data.dataset import CaptionDataset
-from ..errors import ResumeMismatch
+from ..data.dataset import CaptionDataset, require_images
+from ..errors import OutputError, ResumeMismatch
 from ..models import ClipModel, create_model, resolve_device
 from ..train import contrastive_step, parameter_groups
 from .artifact import Protection, ProtectedDataset
@@ -122,6 +123,7 @@ class Protector:
         """Protect `dataset`, returning the Protection; with `work_dir`, checkpoint every round (and resume)."""
         c = self.config
         dataset = dataset.preload(progress=progress)
+        require_images(dataset, 2)
         if surrogate is None:
             surrogate = create_model(c.surrogate_model, device=self.device, seed=c.seed)
         surrogate.to(self.device)
@@ -283,17 +285,19 @@ class _RunState:
             return
         noise_file = self.work_dir / f"noise.round{self.rounds_done:04d}.npy"
         self.protection.noise.flush()
-        tmp = noise_file.with_name(noise_file.name + ".tmp")
-        shutil.copyfile(self.work_dir / "noise.work.npy", tmp)
-        os.replace(tmp, noise_file)
+        atomic_write(noise_file, lambda tmp: shutil.copyfile(self.work_dir / "noise.work.npy", tmp))
         opt_tensors, opt_info = optimizer_tensors(optimizer)
         tensors = {f"model.{k}": v for k, v in surrogate.clip.state_dict().items()} | opt_tensors
         tensors["triggers"] = torch.from_numpy(np.ascontiguousarray(self.protection.triggers))
-        save_state(self.state_path, tensors, {
-            "rounds_done": self.rounds_done, "noise_file": noise_file.name, "optimizer": opt_info,
-            "diagnostics": self.protection.diagnostics, "config": self.protection.config,
-            "fingerprint": self.protection.fingerprint, "prepared": self.prepared, "prepare_info": self.prepare_info,
-        })
+        try:
+            save_state(self.state_path, tensors, {
+                "rounds_done": self.rounds_done, "noise_file": noise_file.name, "optimizer": opt_info,
+                "diagnostics": self.protection.diagnostics, "config": self.protection.config,
+                "fingerprint": self.protection.fingerprint, "prepared": self.prepared, "prepare_info": self.prepare_info,
+            })
+        except OutputError:  # the previous state and the snapshot it points at stay; this round's snapshot goes
+            noise_file.unlink(missing_ok=True)
+            raise
         for old in self.work_dir.glob("noise.round*.npy"):
             if old.name != noise_file.name:
                 old.unlink()
