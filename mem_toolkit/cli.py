@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
+from . import distributed
 from .data.pubfig import register_prepare
 from .errors import DataError, ResumeMismatch
 from .faces_cli import register_faces
@@ -38,9 +41,12 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
 def _load_csv(path: str, args, image_size: int):
     from .data.loaders import load_caption_csv
 
-    dataset = load_caption_csv(path, image_size, image_column=args.image_column, caption_column=args.caption_column,
-                               delimiter=args.delimiter, skip_bad=args.skip_bad, cache_dir=args.cache_dir)
-    dataset = dataset.preload(skip_bad=args.skip_bad)
+    def load():  # under torchrun rank 0 fills the --cache-dir image cache first, the others then read it
+        dataset = load_caption_csv(path, image_size, image_column=args.image_column, caption_column=args.caption_column,
+                                   delimiter=args.delimiter, skip_bad=args.skip_bad, cache_dir=args.cache_dir)
+        return dataset.preload(skip_bad=args.skip_bad, progress=distributed.is_main())
+
+    dataset = distributed.main_first(load)
     for problem in getattr(dataset, "skipped", []):
         print(f"skipped: {problem}", file=sys.stderr)
     return dataset
@@ -186,8 +192,9 @@ def cmd_verify(args) -> int:
     results = {name: run_arm(name, data, test, config, out, args.model, args.device) for name, data in arms.items()}
     finals = {name: r.final for name, r in results.items()}
     table = results_table(finals, test, f"hacker {args.model}, {args.epochs} epochs, clean test set")
-    (out / "verify.md").write_text(table + "\n")
-    write_json(out / "verify.json", {"results": finals, "table": table})
+    if distributed.is_main():
+        (out / "verify.md").write_text(table + "\n")
+        write_json(out / "verify.json", {"results": finals, "table": table})
     print(table)
     return 0
 
@@ -294,15 +301,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISTRIBUTED_COMMANDS = ("protect", "train", "verify")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad input ends with the full list of problems and exit status 2."""
+    """Entry point; bad input ends with the full list of problems and exit status 2.
+
+    Under torchrun, `protect`, `train` and `verify` run in every process and only rank 0 prints;
+    the other commands run in one process.
+    """
     args = build_parser().parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS and int(os.environ["WORLD_SIZE"]) > 1:
+        print(f"error: {args.command} runs in one process; of the commands only {', '.join(DISTRIBUTED_COMMANDS)} run under torchrun "
+              "with several processes", file=sys.stderr)
+        return 2
+    distributed.init(getattr(args, "device", "auto"))
+    quiet = contextlib.nullcontext() if distributed.is_main() else contextlib.redirect_stdout(open(os.devnull, "w"))
     try:
-        return args.func(args)
+        with quiet:
+            return args.func(args)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -312,3 +333,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: completed epochs/rounds are checkpointed; rerun with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        distributed.close()
