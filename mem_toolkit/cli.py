@@ -320,9 +320,10 @@ def main(argv: list[str] | None = None) -> int:
               "with several processes", file=sys.stderr)
         return 2
     distributed.init(getattr(args, "device", "auto"))
-    quiet = contextlib.nullcontext() if distributed.is_main() else contextlib.redirect_stdout(open(os.devnull, "w"))
     try:
-        with quiet:
+        with contextlib.ExitStack() as stack:
+            if not distributed.is_main():  # one copy of every result line: rank 0's
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             return args.func(args)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

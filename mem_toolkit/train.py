@@ -134,7 +134,8 @@ def contrastive_step(model: ClipModel | DistributedDataParallel, optimizer: torc
     `model` is a ClipModel, or in several processes its `distributed.replicate` (DDP) wrapper: then
     each rank encodes only its slice of `rows` and the loss is taken over the features gathered
     from every rank, which is the single-process loss and gradient of the whole batch
-    (`distributed.gather_with_grad` says why it must be so).
+    (`distributed.gather_with_grad` says why it must be so). Features leave bf16 autocast as fp32
+    before the gather, so the exchange and the loss are in fp32 as in one process.
     """
     clip = model.module if isinstance(model, DistributedDataParallel) else model
     device = clip.device

@@ -111,7 +111,8 @@ def _same_artifact(a: Path, b: Path) -> None:
 
 def test_sweeps_split_over_two_processes_give_the_one_process_artifact(data, tmp_path):
     """No surrogate training, so nothing depends on the number of processes: HotFlip and PGD batches
-    (10, 10, 4 images; rank 0 sweeps two, rank 1 one) must land in the shared noise and triggers exactly."""
+    (10, 10, 4 images; rank 0 sweeps two, rank 1 one) must land in the shared noise and triggers exactly.
+    Then `verify` runs on two processes too."""
     _run(_protect_args(data, tmp_path / "two", surrogate_steps=0, rounds=2))
     assert main(["--threads", "1"] + _protect_args(data, tmp_path / "one", surrogate_steps=0, rounds=2)) == 0
     _same_artifact(tmp_path / "one", tmp_path / "two")
@@ -121,6 +122,10 @@ def test_sweeps_split_over_two_processes_give_the_one_process_artifact(data, tmp
         assert {k: v for k, v in a.items() if "seconds" not in k and k != "processes"} == \
                {k: v for k, v in b.items() if "seconds" not in k and k != "processes"}
     assert np.abs(np.load(tmp_path / "two" / "noise.npy")).max() == 4  # the noise did move
+    result = _run(["verify", "--protection", str(tmp_path / "two"), "--test-csv", str(data / "test.csv"), "--epochs", "1",
+                   "--batch-size", "16"])
+    assert result.stdout.count("| mem-2 |") == 1  # printed by rank 0 only
+    assert set(json.loads((tmp_path / "two" / "verify" / "verify.json").read_text())["results"]) == {"clean", "mem-2"}
 
 
 def _workers(launcher: int) -> list[int]:
