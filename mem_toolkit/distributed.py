@@ -134,7 +134,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # reduced in place: never the engine's own buffer
         dist.all_reduce(grad)
         return grad[ctx.bounds[rank()]:ctx.bounds[rank() + 1]], None
 
