@@ -20,8 +20,9 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as handle:
+def _status_kib(field: str, pid: int | str = "self") -> int:
+    """One `kB` field of /proc/PID/status (0 if absent)."""
+    with open(f"/proc/{pid}/status") as handle:
         for line in handle:
             if line.startswith(field + ":"):
                 return int(line.split()[1])

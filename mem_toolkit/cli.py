@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
+from . import distributed
 from .cli_data import add_data_args, load_source, recorded_source, test_source, train_source
 from .data.pubfig import register_prepare
 from .errors import DataError, OutputError, ProtectionError, ResumeMismatch, UsageError
@@ -167,8 +170,9 @@ def cmd_verify(args) -> int:
         results = {name: run_arm(name, data, test, config, out, args.model, args.device) for name, data in arms.items()}
         finals = {name: r.final for name, r in results.items()}
         table = results_table(finals, test, f"hacker {args.model}, {args.epochs} epochs, clean test set")
-        (out / "verify.md").write_text(table + "\n")
-        write_json(out / "verify.json", {"results": finals, "table": table})
+        if distributed.is_main():
+            (out / "verify.md").write_text(table + "\n")
+            write_json(out / "verify.json", {"results": finals, "table": table})
     print(table)
     return 0
 
@@ -277,15 +281,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISTRIBUTED_COMMANDS = ("protect", "train", "verify")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad input ends with the full list of problems and exit status 2."""
+    """Entry point; bad input ends with the full list of problems and exit status 2.
+
+    Under torchrun, `protect`, `train` and `verify` run in every process and only rank 0 prints;
+    the other commands run in one process.
+    """
     args = build_parser().parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS and int(os.environ["WORLD_SIZE"]) > 1:
+        print(f"error: {args.command} runs in one process; of the commands only {', '.join(DISTRIBUTED_COMMANDS)} run under torchrun "
+              "with several processes", file=sys.stderr)
+        return 2
+    distributed.init(getattr(args, "device", "auto"))
     try:
-        return args.func(args)
+        with contextlib.ExitStack() as stack:
+            if not distributed.is_main():  # one copy of every result line: rank 0's
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            return args.func(args)
     except (DataError, ProtectionError, UsageError, FolderLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -299,3 +318,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: completed epochs/rounds are checkpointed; rerun with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        distributed.close()

@@ -10,6 +10,7 @@ import argparse
 import sys
 from dataclasses import replace
 
+from . import distributed
 from .data.dataset import CaptionDataset, require_images
 from .data.sources import DataSource
 from .errors import UsageError
@@ -95,8 +96,11 @@ def test_source(args, train: DataSource | None = None, required: bool = False) -
 
 def load_source(source: DataSource, args, image_size: int) -> CaptionDataset:
     """Read and decode a source once, listing rows left out by --skip-bad; fewer than 2 images is refused before any work."""
-    dataset = source.load(image_size, skip_bad=args.skip_bad, cache_dir=args.cache_dir)
-    dataset = dataset.preload(skip_bad=args.skip_bad)
+    def load() -> CaptionDataset:  # under torchrun rank 0 fills the --cache-dir image cache first, the others then read it
+        dataset = source.load(image_size, skip_bad=args.skip_bad, cache_dir=args.cache_dir)
+        return dataset.preload(skip_bad=args.skip_bad, progress=distributed.is_main())
+
+    dataset = distributed.main_first(load)
     for problem in getattr(dataset, "skipped", []):
         print(f"skipped: {problem}", file=sys.stderr)
     require_images(dataset, 2)

@@ -16,6 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
+from . import distributed
 from .data.dataset import CaptionDataset
 from .errors import ResumeMismatch
 from .metrics import random_guess_metrics
@@ -89,19 +90,23 @@ def run_arm(
     record_path = folder / "arm.json"
     record = {"model": model_name, "pretrained": None if pretrained is None else str(pretrained), "config": json.loads(json.dumps(asdict(config))),
               "data_key": data_key(train_data) if key is None else key}
-    previous = json.loads(record_path.read_text()) if record_path.exists() else None
+    previous = json.loads(record_path.read_text()) if record_path.exists() and distributed.is_main() else None
+    previous = distributed.broadcast_object(previous)  # every process decides on what rank 0 read
     if previous is not None and {k: previous.get(k) for k in record} == record:
         if previous.get("seconds") is not None:
             return ArmResult(name, History.load(folder / "history.json"), previous["seconds"], folder=folder)
-    elif folder.exists():
+    elif folder.exists() and distributed.is_main():
         shutil.rmtree(folder)  # another hacker, budget or training set: nothing here can be reused
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(record_path, record | {"seconds": None})
+    if distributed.is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(record_path, record | {"seconds": None})
+    distributed.barrier()
     started = time.perf_counter()
     model = create_model(model_name, pretrained, device=resolve_device(device), seed=config.seed)
     history = train_run(model, train_data, test, config, folder, resume=True, progress=progress, description=name)
     seconds = time.perf_counter() - started
-    write_json(record_path, record | {"seconds": seconds})
+    if distributed.is_main():
+        write_json(record_path, record | {"seconds": seconds})
     return ArmResult(name, history, seconds, folder=folder)
 
 
@@ -146,10 +151,13 @@ def save_protection(protection: Protection, folder: Path) -> Protection:
     The resume state holds the surrogate with its optimizer (three times the model's size) and two
     copies of the noise; once the artifact is saved nothing needs it. The returned protection's
     noise is a read-only memory map of the saved `folder/noise.npy`, not of the deleted work file.
+    In several processes rank 0 writes and the others then map what it wrote.
     """
-    protection.save(folder)
+    if distributed.is_main():
+        protection.save(folder)
+        shutil.rmtree(folder / "work", ignore_errors=True)
+    distributed.barrier()
     protection.noise = np.load(folder / "noise.npy", mmap_mode="r")
-    shutil.rmtree(folder / "work", ignore_errors=True)
     return protection
 
 

@@ -39,7 +39,15 @@ def _read(fd: int) -> str:
 
 @contextmanager
 def output_lock(folder: str | os.PathLike) -> Iterator[Path]:
-    """Hold `folder` (created if need be) for this process while the block runs; FolderLocked if another live run holds it."""
+    """Hold `folder` (created if need be) for this process while the block runs; FolderLocked if another live run holds it.
+
+    Under torchrun rank 0 holds it for the whole group (a failure on rank 0 makes torchrun stop the others).
+    """
+    from . import distributed
+
+    if not distributed.is_main():
+        yield Path(folder)
+        return
     try:
         import fcntl
     except ImportError:  # no flock on this platform: run unlocked

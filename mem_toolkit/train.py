@@ -17,9 +17,11 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .atomic import write_text
+from . import distributed
 from .checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
 from .data.dataset import CaptionDataset
 from .errors import ResumeMismatch
@@ -122,18 +124,30 @@ def batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.ndar
     return [order[i:i + size] for i in range(0, n_rows - size + 1, size)]
 
 
-def contrastive_step(model: ClipModel, optimizer: torch.optim.Optimizer, data: PairSource, rows: np.ndarray, amp: bool) -> float:
-    """One optimiser step of the symmetric InfoNCE loss on the given rows (gradients zeroed first); returns the loss."""
-    device = model.device
-    pixels = data.image_batch(rows).to(device)
-    tokens = data.token_batch(rows, model.tokenizer, model.context_length).to(device)
+def contrastive_step(model: ClipModel | DistributedDataParallel, optimizer: torch.optim.Optimizer, data: PairSource, rows: np.ndarray,
+                     amp: bool) -> float:
+    """One optimiser step of the symmetric InfoNCE loss over the global batch `rows` (gradients zeroed first); returns the loss.
+
+    `model` is a ClipModel, or in several processes its `distributed.replicate` (DDP) wrapper: then
+    each rank encodes only its slice of `rows` and the loss is taken over the features gathered
+    from every rank, which is the single-process loss and gradient of the whole batch
+    (`distributed.gather_with_grad` says why it must be so). Features leave bf16 autocast as fp32
+    before the gather, so the exchange and the loss are in fp32 as in one process.
+    """
+    clip = model.module if isinstance(model, DistributedDataParallel) else model
+    device = clip.device
+    local = distributed.shard(rows)
+    pixels = data.image_batch(local).to(device)
+    tokens = data.token_batch(local, clip.tokenizer, clip.context_length).to(device)
     with autocast(device, amp):
         image_features, text_features, scale = model(pixels, tokens)
+    image_features = distributed.gather_with_grad(image_features.float(), len(rows))
+    text_features = distributed.gather_with_grad(text_features.float(), len(rows))
     loss = clip_loss(image_features, text_features, scale)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    model.clamp_logit_scale()
+    clip.clamp_logit_scale()
     return loss.item()
 
 
@@ -153,9 +167,12 @@ def train_clip(
 
     With `checkpoint`, the model, optimizer and history are saved atomically after each epoch;
     `resume=True` continues from that file (same config required) and gives the same result as an
-    uninterrupted run.
+    uninterrupted run. Under torchrun the model trains with DDP on the same global batches (each
+    rank encodes its slice); rank 0 evaluates, writes the checkpoint and shows progress, and after
+    every epoch all ranks hold rank 0's model (BatchNorm running statistics included).
     """
     config = config or TrainConfig()
+    progress = progress and distributed.is_main()
     n_batches = len(batches(len(train_data), config.batch_size, config.seed, 0))
     total = config.epochs * n_batches
     warmup = config.warmup_steps if config.warmup_steps is not None else max(1, total // 10)
@@ -166,6 +183,7 @@ def train_clip(
     if resume and checkpoint is not None and Path(checkpoint).exists():
         start_epoch, history = _restore(checkpoint, model, optimizer, schedule, config)
     use_amp = config.amp
+    replica = distributed.replicate(model)
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         model.train()
@@ -173,18 +191,21 @@ def train_clip(
         bar = tqdm(batches(len(train_data), config.batch_size, config.seed, epoch), desc=f"{description} epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False, unit="batch")
         for rows in bar:
-            losses.append(contrastive_step(model, optimizer, train_data, rows, use_amp))
+            losses.append(contrastive_step(replica, optimizer, train_data, rows, use_amp))
             schedule.step()
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        distributed.sync_buffers(model)
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "train_seconds": time.perf_counter() - started}
         if test_data is not None:
-            entry.update(evaluate_retrieval(model, test_data, config.eval_batch_size).metrics)
+            metrics = evaluate_retrieval(model, test_data, config.eval_batch_size).metrics if distributed.is_main() else None
+            entry.update(distributed.broadcast_object(metrics))
         history.step_loss.extend(losses)
         history.epochs.append(entry)
         if progress:
             tqdm.write(_epoch_line(description, entry))
-        if checkpoint is not None:
+        if checkpoint is not None and distributed.is_main():
             _save(checkpoint, model, optimizer, schedule, history, epoch + 1)
+        distributed.barrier()
         if on_epoch is not None:
             on_epoch(history)
     return history
@@ -229,10 +250,12 @@ def train_run(model: ClipModel, train_data: PairSource, test_data: CaptionDatase
             return finished
     history = train_clip(model, train_data, test_data, config, checkpoint=checkpoint,
                          resume=resume, progress=progress, description=description)
-    history.save(out_dir / "history.json")
-    write_json(out_dir / "metrics.json", history.final)
-    model.save(out_dir / "model.safetensors")
-    checkpoint.unlink(missing_ok=True)
+    if distributed.is_main():
+        history.save(out_dir / "history.json")
+        write_json(out_dir / "metrics.json", history.final)
+        model.save(out_dir / "model.safetensors")
+        checkpoint.unlink(missing_ok=True)
+    distributed.barrier()
     return history
 
 

@@ -4,6 +4,11 @@ Like pytorch-grad-cam's BaseCAM, the shared mechanism lives here and each method
 subclass that changes settings or overrides a hook (`prepare_surrogate`). Every random choice flows
 from `seed`; a run checkpoints atomically after every outer round and `resume=True` continues it,
 giving the same artifact as an uninterrupted run.
+
+Under torchrun (`mem_toolkit.distributed`) the surrogate trains with DDP on the same global batches,
+the HotFlip and PGD sweeps split their batches over the ranks (each rank writes only its own units
+into the shared noise memory map; triggers are merged after the trigger step), rank 0 writes the
+checkpoints, and every stage ends with all ranks in step.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -18,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..atomic import atomic_write
 from ..checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
 from ..data.dataset import CaptionDataset, require_images
@@ -122,6 +129,8 @@ class Protector:
     ) -> Protection:
         """Protect `dataset`, returning the Protection; with `work_dir`, checkpoint every round (and resume)."""
         c = self.config
+        progress = progress and distributed.is_main()
+        self._check_processes(work_dir)
         dataset = dataset.preload(progress=progress)
         require_images(dataset, 2)
         if surrogate is None:
@@ -140,16 +149,17 @@ class Protector:
             state.prepared = True
         view = state.protection.apply(dataset)
         allowed = self._allowed_tokens(dataset, tokenizer)
+        replica = distributed.replicate(surrogate)
         rounds = tqdm(range(state.rounds_done, c.rounds), desc=f"{self.method} rounds", disable=not progress, unit="round",
                       initial=state.rounds_done, total=c.rounds)
         for round_index in rounds:
-            record: dict = {"round": round_index + 1}
+            record: dict = {"round": round_index + 1, "processes": distributed.world_size()}
             if c.surrogate_reset and round_index and round_index % c.surrogate_reset == 0:
                 self._reset_surrogate(surrogate, given_weights, round_index)
                 optimizer = self._optimizer(surrogate)
                 record["surrogate_reset"] = True
             if c.surrogate_steps:
-                record.update(self._surrogate_step(surrogate, optimizer, view, round_index, progress))
+                record.update(self._surrogate_step(surrogate, replica, optimizer, view, round_index, progress))
             if c.trigger_len and round_index < c.trigger_rounds:
                 record.update(self._trigger_step(surrogate, dataset, state, allowed, round_index, progress))
             if c.pgd_steps:
@@ -157,9 +167,21 @@ class Protector:
             record.update(state.trigger_statistics(dataset, tokenizer))
             state.protection.diagnostics.append(record)
             state.rounds_done = round_index + 1
-            state.checkpoint(surrogate, optimizer)
+            if distributed.is_main():
+                state.checkpoint(surrogate, optimizer)
+            distributed.barrier()  # nobody writes the next round's noise while rank 0 copies this one's
             rounds.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("surrogate_loss", "pgd_loss_first", "pgd_loss_last")})
         return state.finish(shortcut_report(surrogate, dataset, state.protection, c.batch_size, c.seed))
+
+    def _check_processes(self, work_dir) -> None:
+        """Refuse what several processes cannot share: noise held in one process's RAM, or units swept in several batches."""
+        if distributed.world_size() == 1:
+            return
+        if work_dir is None:
+            raise ValueError("a protection run by several processes needs work_dir: its noise is a memory map there that every process writes into")
+        if self.config.granularity == "cluster":
+            raise ValueError("granularity='cluster' sweeps one unit in several batches, which several processes would update at once; "
+                             "run it in one process")
 
     def _optimizer(self, surrogate: ClipModel) -> torch.optim.Optimizer:
         c = self.config
@@ -183,15 +205,16 @@ class Protector:
     def _rng(self, round_index: int, stage: int) -> np.random.Generator:
         return np.random.default_rng([self.config.seed, round_index, stage])
 
-    def _surrogate_step(self, surrogate: ClipModel, optimizer, view: ProtectedDataset, round_index: int, progress: bool) -> dict:
-        """S steps of AdamW on aligned protected pairs (gradients zeroed every step)."""
+    def _surrogate_step(self, surrogate: ClipModel, replica, optimizer, view: ProtectedDataset, round_index: int, progress: bool) -> dict:
+        """S steps of AdamW on aligned protected pairs (gradients zeroed every step); `replica` is the surrogate or its DDP wrapper."""
         c = self.config
         rng = self._rng(round_index, 0)
         surrogate.train()
         losses, started = [], time.perf_counter()
         for _ in tqdm(range(c.surrogate_steps), desc="surrogate", disable=not progress, leave=False):
             rows = rng.choice(len(view), size=min(c.batch_size, len(view)), replace=False)
-            losses.append(contrastive_step(surrogate, optimizer, view, rows, c.amp))
+            losses.append(contrastive_step(replica, optimizer, view, rows, c.amp))
+        distributed.sync_buffers(surrogate)  # every rank sweeps with rank 0's BatchNorm statistics, the ones checkpointed
         return {"surrogate_loss": float(np.mean(losses)), "surrogate_loss_last": float(np.mean(losses[-max(1, len(losses) // 10):])),
                 "surrogate_seconds": time.perf_counter() - started}
 
@@ -200,22 +223,33 @@ class Protector:
         size = self.config.batch_size
         return [rows[i:i + size] for i in range(0, len(rows), size) if len(rows[i:i + size]) >= 2]
 
+    def _caption_orders(self, batches: list[np.ndarray], round_index: int) -> list[np.ndarray]:
+        """Every batch's caption order for each PGD step (shuffled if `shuffle`), drawn in batch order from one
+        generator, so a batch gets the same orders whichever rank sweeps it (and as in one process)."""
+        c = self.config
+        rng = self._rng(round_index, 2)
+        return [np.stack([rng.permutation(len(rows)) if c.shuffle else np.arange(len(rows)) for _ in range(c.pgd_steps)])
+                for rows in batches]
+
     def _trigger_step(self, surrogate: ClipModel, dataset: CaptionDataset, state: "_RunState", allowed, round_index: int, progress: bool) -> dict:
         """HotFlip over every unit once, image features computed once per batch."""
         c = self.config
         protection = state.protection
         view = protection.apply(dataset, trigger=False)
         caption_ids = dataset.caption_token_ids(surrogate.tokenizer)
-        before, after, started = [], [], time.perf_counter()
-        for rows in tqdm(self._batches(dataset, round_index, 1), desc="trigger step", disable=not progress, leave=False):
+        losses, started = {}, time.perf_counter()
+        start_triggers = protection.triggers.copy()
+        for index, rows in tqdm(distributed.my_share(self._batches(dataset, round_index, 1)), desc="trigger step", disable=not progress, leave=False):
             units, local = np.unique(protection.unit_of_row[rows], return_inverse=True)
             with torch.no_grad():
                 image_features = surrogate.eval().encode_image(view.image_batch(rows).to(self.device)).float()
             result = hotflip_step(surrogate, image_features, [caption_ids[r] for r in rows], torch.from_numpy(protection.triggers[units]),
                                   torch.from_numpy(local), allowed, candidates=c.candidates, beam=c.beam)
             protection.triggers[units] = result.triggers.numpy()
-            before.append(result.loss_before)
-            after.append(result.loss_after)
+            losses[index] = (result.loss_before, result.loss_after)
+        # ranks changed disjoint units, so the sum of their changes is every rank's update
+        protection.triggers[:] = start_triggers + distributed.sum_over_ranks(protection.triggers - start_triggers)
+        before, after = _in_batch_order(losses)
         return {"hotflip_loss_before": float(np.mean(before)), "hotflip_loss_after": float(np.mean(after)),
                 "trigger_seconds": time.perf_counter() - started}
 
@@ -224,23 +258,31 @@ class Protector:
         c = self.config
         protection = state.protection
         caption_ids = dataset.caption_token_ids(surrogate.tokenizer)
-        rng = self._rng(round_index, 2)
-        first, last, started = [], [], time.perf_counter()
-        for rows in tqdm(self._batches(dataset, round_index, 3), desc="noise step", disable=not progress, leave=False):
+        batches = self._batches(dataset, round_index, 3)
+        orders = self._caption_orders(batches, round_index)
+        losses, started = {}, time.perf_counter()
+        for index, rows in tqdm(distributed.my_share(batches), desc="noise step", disable=not progress, leave=False):
             units, local = np.unique(protection.unit_of_row[rows], return_inverse=True)
             prefix = protection.triggers[protection.unit_of_row[rows]] if c.trigger_len else None
 
-            def tokens_for_step(_step: int, rows=rows, prefix=prefix) -> torch.Tensor:
-                order = rng.permutation(len(rows)) if c.shuffle else np.arange(len(rows))
-                return surrogate.tokenizer.assemble([caption_ids[r] for r in rows[order]], surrogate.context_length, prefix=prefix)
+            def tokens_for_step(step: int, rows=rows, prefix=prefix, order=orders[index]) -> torch.Tensor:
+                return surrogate.tokenizer.assemble([caption_ids[r] for r in rows[order[step]]], surrogate.context_length, prefix=prefix)
 
             noise = torch.from_numpy(np.asarray(protection.noise[units])).permute(0, 3, 1, 2)
-            noise, losses = pgd_noise(surrogate, dataset.image_batch(rows), noise, torch.from_numpy(local), tokens_for_step,
+            noise, step_losses = pgd_noise(surrogate, dataset.image_batch(rows), noise, torch.from_numpy(local), tokens_for_step,
                                       eps=c.eps, steps=c.pgd_steps, step_size=c.step_size, ascent=c.ascent, amp=c.amp, block=c.noise_block)
             protection.noise[units] = noise.permute(0, 2, 3, 1).to(torch.int8).cpu().numpy()
-            first.append(losses[0])
-            last.append(losses[-1])
+            losses[index] = (step_losses[0], step_losses[-1])
+        if isinstance(protection.noise, np.memmap):
+            protection.noise.flush()
+        first, last = _in_batch_order(losses)  # also the barrier: every rank's units are written
         return {"pgd_loss_first": float(np.mean(first)), "pgd_loss_last": float(np.mean(last)), "noise_seconds": time.perf_counter() - started}
+
+
+def _in_batch_order(values: dict[int, tuple]) -> tuple[list, ...]:
+    """Per-batch values from every rank (batch index -> tuple), merged and put in batch order, as columns."""
+    merged = {index: value for part in distributed.all_gather_object(values) for index, value in part.items()}
+    return tuple(list(column) for column in zip(*(merged[i] for i in sorted(merged)))) if merged else ([], [])
 
 
 @dataclass
@@ -261,13 +303,12 @@ class _RunState:
         n_units = int(unit_of_row.max()) + 1
         shape = (n_units, dataset.image_size, dataset.image_size, 3)
         work_dir = Path(work_dir) if work_dir is not None else None
+        triggers = _initial_triggers(protector, dataset, surrogate.tokenizer, n_units)
         if work_dir is not None:
-            work_dir.mkdir(parents=True, exist_ok=True)
-            noise = np.lib.format.open_memmap(work_dir / "noise.work.npy", mode="w+", dtype=np.int8, shape=shape)
+            noise = distributed.main_first(lambda: _open_noise(work_dir, shape, lambda n: _initialise_noise(n, triggers, dataset, unit_of_row, c)))
         else:
             noise = np.zeros(shape, dtype=np.int8)
-        triggers = _initial_triggers(protector, dataset, surrogate.tokenizer, n_units)
-        _initialise_noise(noise, triggers, dataset, unit_of_row, c)
+            _initialise_noise(noise, triggers, dataset, unit_of_row, c)
         config = asdict(c) | {"surrogate_name": surrogate.name, "surrogate_pretrained": surrogate.pretrained}
         protection = Protection(protector.method, noise, triggers, unit_of_row, c.eps, dataset.image_size, dataset.fingerprint(), config)
         return cls(protector, protection, work_dir)
@@ -294,6 +335,7 @@ class _RunState:
                 "rounds_done": self.rounds_done, "noise_file": noise_file.name, "optimizer": opt_info,
                 "diagnostics": self.protection.diagnostics, "config": self.protection.config,
                 "fingerprint": self.protection.fingerprint, "prepared": self.prepared, "prepare_info": self.prepare_info,
+                "processes": distributed.world_size(),
             })
         except OutputError:  # the previous state and the snapshot it points at stay; this round's snapshot goes
             noise_file.unlink(missing_ok=True)
@@ -311,7 +353,16 @@ class _RunState:
         surrogate.clip.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         restore_optimizer(optimizer, tensors, info["optimizer"])
         self.protection.triggers[:] = tensors["triggers"].numpy()
-        self.protection.noise[:] = np.load(self.work_dir / info["noise_file"], mmap_mode="r")
+        if distributed.is_main():  # the noise map is shared: one process copies the snapshot into it
+            self.protection.noise[:] = np.load(self.work_dir / info["noise_file"], mmap_mode="r")
+            self.protection.noise.flush()
+        distributed.barrier()
+        saved_processes = info.get("processes", 1)
+        if saved_processes != distributed.world_size() and distributed.is_main():
+            warnings.warn(f"resuming {self.state_path}, checkpointed by {saved_processes} process(es), with {distributed.world_size()}: "
+                          "the remaining rounds are a correct continuation, but not bit for bit what the first run would have made "
+                          "(the surrogate's gradient sums and per-process BatchNorm statistics depend on the number of processes)",
+                          stacklevel=2)
         self.protection.diagnostics = info["diagnostics"]
         self.rounds_done = int(info["rounds_done"])
         self.prepared = bool(info["prepared"])
@@ -334,6 +385,18 @@ class _RunState:
 
 
 NOISE_INITS = ("zero", "uniform", "trigger-code")
+
+
+def _open_noise(work_dir: Path, shape: tuple[int, ...], initialise) -> np.memmap:
+    """The run's int8 noise memory map: rank 0 (or the only process) creates and initialises it, the other ranks open it r+."""
+    path = work_dir / "noise.work.npy"
+    if not distributed.is_main():
+        return np.lib.format.open_memmap(path, mode="r+")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    noise = np.lib.format.open_memmap(path, mode="w+", dtype=np.int8, shape=shape)
+    initialise(noise)
+    noise.flush()
+    return noise
 
 
 def _initialise_noise(noise: np.ndarray, triggers: np.ndarray, dataset: CaptionDataset, unit_of_row: np.ndarray, c: ProtectConfig) -> None:
