@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 import warnings
+import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -68,6 +69,8 @@ class ProtectConfig:
     n_clusters: int = 0
     cluster_size: int = 0  # cluster granularity: about this many images per cluster (overrides n_clusters)
     noise_block: int = 1  # the noise is constant on noise_block x noise_block pixel squares (1: per pixel)
+    code_block: int = 8  # noise_init="trigger-code" / "caption-code": side of the squares of each code pattern
+    code_words: int = 3  # noise_init="caption-code": caption words coded per unit
     seed: int = 0
     amp: bool = True
 
@@ -102,8 +105,8 @@ class Protector:
             raise ValueError("rounds >= 1 and batch_size >= 2 are required")
         if c.pgd_steps < 0 or c.surrogate_steps < 0 or c.surrogate_epochs < 0 or c.step_size < 1:
             raise ValueError("pgd_steps, surrogate_steps, surrogate_epochs >= 0 and step_size >= 1 are required")
-        if c.noise_block < 1 or c.cluster_size < 0:
-            raise ValueError("noise_block >= 1 and cluster_size >= 0 are required")
+        if c.noise_block < 1 or c.code_block < 1 or c.cluster_size < 0:
+            raise ValueError("noise_block, code_block >= 1 and cluster_size >= 0 are required")
 
     def get_params(self) -> dict:
         return asdict(self.config)
@@ -384,7 +387,7 @@ class _RunState:
         return protection
 
 
-NOISE_INITS = ("zero", "uniform", "trigger-code")
+NOISE_INITS = ("zero", "uniform", "trigger-code", "caption-code")
 
 
 def _open_noise(work_dir: Path, shape: tuple[int, ...], initialise) -> np.memmap:
@@ -403,8 +406,11 @@ def _initialise_noise(noise: np.ndarray, triggers: np.ndarray, dataset: CaptionD
     """Fill the starting noise in place, unit by unit (the store may be a memory map).
 
     `trigger-code` makes the noise a code of the trigger from the start: every (position, token) pair
-    owns a fixed random pattern of ε/k-sized 8x8-pixel blocks, and a unit's noise is the sum over
-    its trigger. A fresh model can read such a code linearly, which is what a shortcut needs.
+    owns a fixed random sign pattern on `code_block` x `code_block` pixel squares, and a unit's noise
+    is the sum over its trigger, each pattern ε/k high. A fresh model can read such a code linearly,
+    which is what a shortcut needs. `caption-code` is the same code of the unit's `code_words` most
+    distinctive caption words (TF-IDF): a key to the captions themselves, which a hacker who deletes
+    the trigger still trains on.
     """
     if c.noise_init not in NOISE_INITS:
         raise ValueError(f"unknown noise_init {c.noise_init!r}; choose from {NOISE_INITS}")
@@ -415,17 +421,39 @@ def _initialise_noise(noise: np.ndarray, triggers: np.ndarray, dataset: CaptionD
         raise ValueError("noise_init='trigger-code' needs a trigger (trigger_len >= 1)")
     image_of_unit = np.zeros(len(noise), dtype=np.int64)
     image_of_unit[unit_of_row] = dataset.group_ids
-    blocks = max(1, size // 8)
+    blocks = -(-size // c.code_block)
+    if c.noise_init == "trigger-code":
+        code_keys = [[[position, int(token)] for position, token in enumerate(trigger)] for trigger in triggers]
+    elif c.noise_init == "caption-code":
+        code_keys = [[[zlib.crc32(word.encode())] for word in words] for words in _distinctive_words(dataset, unit_of_row, len(noise), c.code_words)]
     for unit in range(len(noise)):
         if c.noise_init == "uniform":
             values = np.random.default_rng([c.seed, unit, 5]).uniform(-c.eps, c.eps, noise.shape[1:])
         else:
             values = np.zeros(noise.shape[1:])
-            for position, token in enumerate(triggers[unit]):
-                signs = np.random.default_rng([c.seed, position, int(token), 6]).choice([-1.0, 1.0], size=(blocks, blocks, 3))
-                values += np.kron(signs, np.ones((size // blocks, size // blocks, 1)))[:size, :size] * c.eps / triggers.shape[1]
+            for key in code_keys[unit]:
+                signs = np.random.default_rng([c.seed, *key, 6]).choice([-1.0, 1.0], size=(blocks, blocks, 3))
+                values += np.kron(signs, np.ones((c.code_block, c.code_block, 1)))[:size, :size] * c.eps / max(1, len(code_keys[unit]))
         pixels = dataset.images([image_of_unit[unit]])[0].astype(np.int16)
         noise[unit] = np.clip(np.clip(np.rint(values), -c.eps, c.eps), -pixels, 255 - pixels).astype(np.int8)
+
+
+def _distinctive_words(dataset: CaptionDataset, unit_of_row: np.ndarray, n_units: int, count: int) -> list[list[str]]:
+    """The `count` words of highest TF-IDF in each unit's captions (all its rows' captions as one document)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    documents = [[] for _ in range(n_units)]
+    for row, unit in enumerate(unit_of_row):
+        documents[unit].append(dataset.captions[row])
+    vectorizer = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b")
+    weights = vectorizer.fit_transform([" ".join(d) for d in documents])
+    vocabulary = vectorizer.get_feature_names_out()
+    words = []
+    for unit in range(n_units):
+        row = weights.getrow(unit)
+        order = np.lexsort((row.indices, -row.data))[:count]  # highest weight first, ties by word index
+        words.append([str(vocabulary[row.indices[i]]) for i in order])
+    return words
 
 
 def _initial_triggers(protector: Protector, dataset: CaptionDataset, tokenizer, n_units: int) -> np.ndarray:
