@@ -8,6 +8,7 @@ import torch
 from mem_toolkit.data import load_caption_csv
 from mem_toolkit.protect import MEM, StrippedView, random_id_protection
 from mem_toolkit.protect.controls import strip_words, write_control_sets
+from mem_toolkit.protect.diagnostics import surviving_share
 from mem_toolkit.text import CaptionTokenizer
 
 
@@ -53,3 +54,13 @@ def test_control_sets_are_what_a_hacker_makes_of_the_published_files(photo_subse
     assert torch.equal(loaded["random-id-trigger"].image_batch(rows), photo_subset.image_batch(rows))
     assert all(published.endswith(" " + caption) and published != caption
                for published, caption in zip(loaded["random-id-trigger"].captions, photo_subset.captions))
+
+
+def test_shortcut_report_sees_per_photo_triggers_acting_as_ids_on_real_photos(photo_subset):
+    # the embedded-shapes setting on real photos: per-photo triggers and noise (the real-photo issue's failure)
+    protection = MEM(3, preset="cpu", rounds=2, batch_size=64).fit(photo_subset, progress=False)
+    report = protection.config["shortcut"]
+    assert report["protected_accuracy"] > report["chance_accuracy"]
+    assert surviving_share(report, "trigger_deleted") < surviving_share(report, "noise_removed")
+    assert report["shuffled_caption_loss"] > 0.75 * report["ln_batch"]  # the noise never bound to the trigger
+    assert "not bound to the trigger" in report["verdict"]
