@@ -12,6 +12,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.modified_resnet import ModifiedResNet
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import text_global_pool
 from safetensors.torch import load_file, save_file
@@ -38,7 +39,9 @@ class ClipModel(nn.Module):
     Text forwards stop at the batch's last end-of-text token (`trim_text`, on by default): open_clip's
     CLIP text tower is causal and pools at the end-of-text token (the largest id of a row), so the
     padding after it changes nothing and costs most of a 77-token forward. `trim_text = False`
-    runs the full context, as open_clip does.
+    runs the full context, as open_clip does. A ResNet image tower gets its input channels-last
+    (NHWC), so its convolutions run in the layout oneDNN and cuDNN are fastest in; the weights keep
+    the usual layout (checkpoints, safetensors and fused AdamW need no care).
     """
 
     trim_text: bool = True
@@ -55,6 +58,7 @@ class ClipModel(nn.Module):
         self.context_length = int(clip.context_length)
         self.tokenizer = CaptionTokenizer()
         self.text_trimmable = text_trimmable(clip)
+        self.channels_last = isinstance(clip.visual, ModifiedResNet)
 
     @property
     def device(self) -> torch.device:
@@ -74,7 +78,10 @@ class ClipModel(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unit-norm image features."""
-        return nn.functional.normalize(self.clip.encode_image(self.normalise(pixels)), dim=-1)
+        inputs = self.normalise(pixels)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return nn.functional.normalize(self.clip.encode_image(inputs), dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Unit-norm text features; the forward is cut after the batch's last end-of-text token where that is exact."""
