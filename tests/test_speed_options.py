@@ -56,3 +56,26 @@ def test_resnet_image_tower_runs_channels_last_with_the_same_features(tmp_path):
     loaded = load_model(tmp_path / "model.safetensors").eval()
     with torch.no_grad():
         np.testing.assert_array_equal(loaded.encode_image(pixels).numpy(), model.encode_image(pixels).numpy())
+
+
+def _text_gradients(model, encode, tokens, amp: bool) -> tuple[torch.Tensor, list[str]]:
+    """Gradient of the text features' sum w.r.t. the text transformer's weights, and the attention ops that ran."""
+    model.zero_grad(set_to_none=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            features = encode(tokens)
+        features.float().sum().backward()
+    ops = sorted({e.key for e in prof.key_averages() if "attention" in e.key})
+    return torch.cat([p.grad.flatten() for n, p in model.named_parameters() if "clip.transformer" in n]), ops
+
+
+def test_bf16_cpu_text_training_uses_the_math_attention_kernel_with_flash_accuracy():
+    """open_clip's own text forward (torch's default kernel: flash) is the accuracy reference in bf16."""
+    model = create_model("mem-tiny-rn", seed=0).train()
+    tokens = model.tokenizer(["a big red circle on a blue background", "two green squares", "a small yellow star"] * 20, model.context_length)
+    reference, _ = _text_gradients(model, model.encode_text, tokens, amp=False)
+    chosen, ops = _text_gradients(model, model.encode_text, tokens, amp=True)
+    flash, flash_ops = _text_gradients(model, model.clip.encode_text, tokens, amp=True)
+    assert not any("flash" in op for op in ops) and any("flash" in op for op in flash_ops)
+    error = lambda grads: float((grads - reference).norm() / reference.norm())  # noqa: E731
+    assert error(chosen) < 0.05 and error(chosen) < 1.5 * error(flash)
