@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mem_toolkit.loss import clip_loss
-from mem_toolkit.protect import MEM
 from mem_toolkit.models import BUNDLED_CONFIGS, ClipModel, create_model, pooled_length
+from mem_toolkit.protect import MEM
 
 CAPTIONS = ["a red circle", "two small green squares on a blue background", "a big yellow triangle at the top left of a gray image"]
 
@@ -104,17 +104,6 @@ def test_a_bidirectional_text_tower_is_not_trimmed():
     assert _seen_lengths(model, tokens) == [model.context_length]
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(tokens), torch.nn.functional.normalize(clip.encode_text(tokens), dim=-1))
-
-
-def _mem_pair(tiny_shapes, **settings):
-    """The same fp32 MEM-3 run with full-context and with trimmed text forwards."""
-    settings = dict(rounds=2, pgd_steps=3, trigger_rounds=2, candidates=4, batch_size=24, amp=False) | settings
-    protections = []
-    for trim in (False, True):
-        surrogate = create_model("mem-tiny-rn", seed=0)
-        surrogate.trim_text = trim
-        protections.append(MEM(trigger_len=3, **settings).fit(tiny_shapes, surrogate, progress=False))
-    return protections
 
 
 def test_the_noise_gradient_agrees_so_only_rounding_level_signs_can_flip(tiny_shapes):
