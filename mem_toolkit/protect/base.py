@@ -31,7 +31,7 @@ from ..checkpoint import load_state, optimizer_tensors, restore_optimizer, save_
 from ..data.dataset import CaptionDataset, require_images
 from ..errors import OutputError, ResumeMismatch
 from ..models import ClipModel, create_model, resolve_device
-from ..train import contrastive_step, parameter_groups
+from ..train import adamw, contrastive_step
 from .artifact import Protection, ProtectedDataset
 from .diagnostics import shortcut_report
 from .hotflip import hotflip_step
@@ -188,7 +188,7 @@ class Protector:
 
     def _optimizer(self, surrogate: ClipModel) -> torch.optim.Optimizer:
         c = self.config
-        return torch.optim.AdamW(parameter_groups(surrogate, c.surrogate_weight_decay), lr=c.surrogate_lr, betas=(0.9, 0.98), eps=1e-6)
+        return adamw(surrogate, c.surrogate_weight_decay, lr=c.surrogate_lr, betas=(0.9, 0.98), eps=1e-6)
 
     def _reset_surrogate(self, surrogate: ClipModel, given_weights: dict | None, round_index: int) -> None:
         """Back to the given weights, or a fresh random initialisation (new seed per reset), so the noise

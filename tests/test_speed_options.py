@@ -1,0 +1,81 @@
+"""Speed options that compute the same: fused AdamW and channels-last ResNet image towers."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from mem_toolkit.loss import clip_loss
+from mem_toolkit.models import create_model, load_model
+from mem_toolkit.train import adamw, parameter_groups
+
+
+def _train(model, optimizer, steps: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    tokens = model.tokenizer(["a red circle", "two green squares", "a big blue triangle", "a gray star"], model.context_length)
+    for _ in range(steps):
+        pixels = torch.rand(4, 3, 64, 64, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        clip_loss(*model(pixels, tokens)).backward()
+        optimizer.step()
+    return {name: param.detach().clone() for name, param in model.named_parameters()}
+
+
+def test_adamw_is_fused_on_cpu_and_steps_like_the_per_tensor_loop():
+    """One step from the same gradients gives the same weights up to rounding (1e-6 against a step of lr = 1e-3).
+    Later steps would differ more where a gradient is pure rounding noise (e.g. attention key biases): Adam
+    divides it by its own size, so any rounding change gives those weights other steps of size lr."""
+    model = create_model("mem-tiny-rn", seed=0)
+    reference = copy.deepcopy(model)
+    fused = adamw(model, 0.2, lr=1e-3, betas=(0.9, 0.98), eps=1e-6)
+    assert fused.defaults["fused"] is True
+    loop = torch.optim.AdamW(parameter_groups(reference, 0.2), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, foreach=False)
+    start = {name: param.detach().clone() for name, param in model.named_parameters()}
+    after_fused, after_loop = _train(model, fused, steps=1), _train(reference, loop, steps=1)
+    moved = max(float((after_loop[n] - start[n]).abs().max()) for n in start)
+    assert moved > 5e-4  # the step did move the weights
+    for name in after_loop:
+        torch.testing.assert_close(after_fused[name], after_loop[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_resnet_image_tower_runs_channels_last_with_the_same_features(tmp_path):
+    model = create_model("mem-tiny-rn", seed=0).eval()
+    assert model.channels_last and not create_model("mem-tiny-vit", seed=0).channels_last
+    assert all(p.is_contiguous() for p in model.parameters())  # only the activations change layout
+    plain = copy.deepcopy(model)
+    plain.channels_last = False
+    layouts = []
+    handle = model.clip.visual.layer1.register_forward_hook(lambda _m, _i, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
+    pixels = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(pixels), plain.encode_image(pixels), rtol=0, atol=1e-5)
+    handle.remove()
+    assert layouts == [True]
+    model.save(tmp_path / "model.safetensors")  # safetensors needs contiguous tensors: saved in the usual layout
+    loaded = load_model(tmp_path / "model.safetensors").eval()
+    with torch.no_grad():
+        np.testing.assert_array_equal(loaded.encode_image(pixels).numpy(), model.encode_image(pixels).numpy())
+
+
+def _text_gradients(model, encode, tokens, amp: bool) -> tuple[torch.Tensor, list[str]]:
+    """Gradient of the text features' sum w.r.t. the text transformer's weights, and the attention ops that ran."""
+    model.zero_grad(set_to_none=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            features = encode(tokens)
+        features.float().sum().backward()
+    ops = sorted({e.key for e in prof.key_averages() if "attention" in e.key})
+    return torch.cat([p.grad.flatten() for n, p in model.named_parameters() if "clip.transformer" in n]), ops
+
+
+def test_bf16_cpu_text_training_uses_the_math_attention_kernel_with_flash_accuracy():
+    """open_clip's own text forward (torch's default kernel: flash) is the accuracy reference in bf16."""
+    model = create_model("mem-tiny-rn", seed=0).train()
+    tokens = model.tokenizer(["a big red circle on a blue background", "two green squares", "a small yellow star"] * 20, model.context_length)
+    reference, _ = _text_gradients(model, model.encode_text, tokens, amp=False)
+    chosen, ops = _text_gradients(model, model.encode_text, tokens, amp=True)
+    flash, flash_ops = _text_gradients(model, model.clip.encode_text, tokens, amp=True)
+    assert not any("flash" in op for op in ops) and any("flash" in op for op in flash_ops)
+    error = lambda grads: float((grads - reference).norm() / reference.norm())  # noqa: E731
+    assert error(chosen) < 0.05 and error(chosen) < 1.5 * error(flash)
