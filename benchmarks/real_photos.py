@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +43,12 @@ def parse_value(text: str):
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def parse_value_pair(item: str) -> tuple[str, object]:
+    """A `KEY=VALUE` setting from the command line as (key, parsed value)."""
+    key, _, value = item.partition("=")
+    return key, parse_value(value)
 
 
 def split_for_evaluation(data: Path, mode: str, image_size: int, seed: int):
@@ -165,11 +170,6 @@ def main() -> None:
     for check, ok in payload["targets"].items():
         print(f"{'yes' if ok else 'NO '}  {check}")
     write_result(f"real_photos_{args.eval}", payload, args.json)
-
-
-def parse_value_pair(item: str) -> tuple[str, object]:
-    key, _, value = item.partition("=")
-    return key, parse_value(value)
 
 
 if __name__ == "__main__":
