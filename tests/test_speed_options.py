@@ -79,3 +79,15 @@ def test_bf16_cpu_text_training_uses_the_math_attention_kernel_with_flash_accura
     assert not any("flash" in op for op in ops) and any("flash" in op for op in flash_ops)
     error = lambda grads: float((grads - reference).norm() / reference.norm())  # noqa: E731
     assert error(chosen) < 0.05 and error(chosen) < 1.5 * error(flash)
+
+
+def test_autocast_is_bf16_only_where_the_device_runs_bf16_natively():
+    """Emulated bf16 (an AVX2-only CPU) is about 10x slower than fp32 there, so `amp` falls back to fp32."""
+    from mem_toolkit.train import autocast, native_bf16
+
+    layer = torch.nn.Linear(8, 8)
+    with autocast(torch.device("cpu"), True):
+        out = layer(torch.ones(2, 8))
+    assert out.dtype == (torch.bfloat16 if native_bf16("cpu") else torch.float32)
+    with autocast(torch.device("cpu"), False):
+        assert layer(torch.ones(2, 8)).dtype == torch.float32
