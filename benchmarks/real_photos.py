@@ -123,13 +123,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--jobs", type=int, default=2, help="hackers trained at once, one torch thread each")
+    parser.add_argument("--jobs", type=int, default=2, help="hackers trained at once")
+    parser.add_argument("--threads", type=int, help="torch threads per job (default: 2 for one job, else 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/real_photos"))
     parser.add_argument("--json", help="result file (default benchmarks/results/real_photos_<eval>.json)")
     args = parser.parse_args()
     if not (args.data / "train.csv").exists():
         raise SystemExit(f"error: {args.data}/train.csv not found (the real photos live in ../shared/data/vi_photos_dev)")
-    torch.set_num_threads(2 if args.jobs == 1 else 1)
+    threads = args.threads or (2 if args.jobs == 1 else 1)
+    torch.set_num_threads(threads)
     settings = dict(parse_value_pair(item) for item in args.set)
     started = time.perf_counter()
     train, test = split_for_evaluation(args.data, args.eval, args.image_size, seed=0)
@@ -145,7 +147,7 @@ def main() -> None:
     if args.arms:
         arms = {name: path for name, path in arms.items() if name in args.arms}
     jobs = [{"arm": arm, "csv": str(path), "test_csv": str(test_csv), "hacker": hacker, "seed": seed, "epochs": args.epochs,
-             "batch_size": args.batch_size, "image_size": args.image_size, "out": str(out / "hackers"), "threads": 2 if args.jobs == 1 else 1}
+             "batch_size": args.batch_size, "image_size": args.image_size, "out": str(out / "hackers"), "threads": threads}
             for seed in args.seeds for hacker in args.hackers for arm, path in arms.items()]
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         runs = []

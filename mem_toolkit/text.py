@@ -36,11 +36,13 @@ class CaptionTokenizer:
         context_length: int,
         prefix: np.ndarray | torch.Tensor | None = None,
         drop_first: int = 0,
+        with_prefix: np.ndarray | None = None,
     ) -> torch.Tensor:
         """Build (B, context_length) tokens: SOT, prefix (trigger) ids, caption ids, EOT, zero padding.
 
         The caption is truncated to fit; the prefix never is. `drop_first` removes the first caption
-        tokens (what a hacker who strips a suspected trigger does).
+        tokens (what a hacker who strips a suspected trigger does). `with_prefix` (B booleans) puts the
+        prefix only on the rows marked True, the others get their caption alone.
         """
         batch = len(caption_ids)
         prefix = np.zeros((batch, 0), dtype=np.int64) if prefix is None else np.asarray(prefix, dtype=np.int64).reshape(batch, -1)
@@ -50,11 +52,12 @@ class CaptionTokenizer:
             raise ValueError(f"a trigger of {k} tokens leaves no room for the caption in context length {context_length}")
         out = np.zeros((batch, context_length), dtype=np.int64)
         out[:, 0] = self.sot
-        out[:, 1:1 + k] = prefix
         for i, ids in enumerate(caption_ids):
-            body = list(ids[drop_first:])[:room]
-            out[i, 1 + k:1 + k + len(body)] = body
-            out[i, 1 + k + len(body)] = self.eot
+            used = k if with_prefix is None or with_prefix[i] else 0
+            out[i, 1:1 + used] = prefix[i, :used]
+            body = list(ids[drop_first:])[:context_length - 2 - used]
+            out[i, 1 + used:1 + used + len(body)] = body
+            out[i, 1 + used + len(body)] = self.eot
         return torch.from_numpy(out)
 
     def __call__(self, texts: str | Sequence[str], context_length: int) -> torch.Tensor:

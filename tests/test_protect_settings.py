@@ -75,3 +75,35 @@ def test_reset_rounds_are_recorded_and_small_vocabulary_is_respected(tiny_shapes
     assert [d.get("surrogate_reset", False) for d in protection.diagnostics] == [False, False, True]
     assert len(np.unique(protection.triggers)) <= 6
     assert protection.diagnostics[-1]["distinct_trigger_tokens"] <= 6
+
+
+def test_strip_share_pairs_stripped_rows_with_their_own_caption_and_shuffles_the_rest(tiny_shapes):
+    protector = MEM(3, strip_share=0.5, pgd_steps=4, shuffle=True)
+    batches = [np.arange(40), np.arange(40, 72)]
+    orders = protector._caption_orders(batches, round_index=0)
+    for rows, (order, stripped) in zip(batches, orders):
+        assert order.shape == stripped.shape == (4, len(rows))
+        assert 0.2 < stripped.mean() < 0.8
+        for step in range(4):
+            kept = np.flatnonzero(~stripped[step])
+            assert np.array_equal(order[step][stripped[step]], np.flatnonzero(stripped[step]))  # EM's aligned pairs
+            assert sorted(order[step][kept]) == kept.tolist() and not np.array_equal(order[step][kept], kept)  # MEM's shuffle
+    unstripped = MEM(3, pgd_steps=4, shuffle=True)._caption_orders(batches, round_index=0)
+    legacy = np.random.default_rng([0, 0, 2])  # without strip_share: the orders of the earlier releases, bit for bit
+    assert all(np.array_equal(o, np.stack([legacy.permutation(len(b)) for _ in range(4)])) and s is None
+               for b, (o, s) in zip(batches, unstripped))
+    with pytest.raises(ValueError, match="strip_share"):
+        MEM(3, strip_share=1.5)
+
+
+def test_strip_share_shows_the_surrogate_a_share_of_captions_without_trigger(tiny_shapes):
+    protection = MEM(3, rounds=1, surrogate_steps=0, pgd_steps=0, trigger_rounds=0).fit(tiny_shapes, progress=False)
+    view = MEM(3, strip_share=0.5)._surrogate_view(protection.apply(tiny_shapes), round_index=0)
+    model = create_model("mem-tiny-rn", seed=0)
+    rows = np.arange(len(tiny_shapes))
+    tokens = view.token_batch(rows, model.tokenizer, model.context_length)
+    with_trigger = protection.apply(tiny_shapes).token_batch(rows, model.tokenizer, model.context_length)
+    without = tiny_shapes.token_batch(rows, model.tokenizer, model.context_length)
+    assert torch.equal(tokens[view.stripped], without[view.stripped]) and torch.equal(tokens[~view.stripped], with_trigger[~view.stripped])
+    assert 0.3 < view.stripped.mean() < 0.7
+    assert torch.equal(view.image_batch(rows[:8]), protection.apply(tiny_shapes).image_batch(rows[:8]))  # the noise stays on every row

@@ -81,3 +81,11 @@ def test_vocabulary_of(tokenizer):
     captions = [tokenizer.encode("a red circle"), tokenizer.encode("a blue circle")]
     assert set(tokenizer.vocabulary_of(captions).tolist()) == set(captions[0]) | set(captions[1])
     assert len(tokenizer.vocabulary_of([])) == 0
+
+
+def test_with_prefix_puts_the_trigger_on_the_marked_rows_only(tokenizer):
+    caption = tokenizer.encode("a red circle")
+    trigger = tokenizer.encode("zebra violin")
+    tokens = tokenizer.assemble([caption, caption], 16, prefix=np.array([trigger, trigger]), with_prefix=np.array([True, False]))
+    assert tokens[0].tolist() == tokenizer.assemble([caption], 16, prefix=[trigger])[0].tolist()
+    assert tokens[1].tolist() == tokenizer.assemble([caption], 16)[0].tolist()  # the caption alone, not truncated for a trigger

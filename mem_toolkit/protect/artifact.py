@@ -168,14 +168,17 @@ class ProtectedDataset:
     """A dataset seen through a protection: noise added to the pixels and the trigger put before each caption.
 
     Nothing is materialised: batches are built on demand, so it costs the int8 noise and nothing more.
-    `noise=False` or `trigger=False` give the controls (trigger-only, noise-only).
+    `noise=False` or `trigger=False` give the controls (trigger-only, noise-only); `stripped` (one
+    boolean per row) leaves the trigger off the marked rows only, as the surrogate of `strip_share` sees them.
     """
 
-    def __init__(self, base: CaptionDataset, protection: Protection, noise: bool = True, trigger: bool = True) -> None:
+    def __init__(self, base: CaptionDataset, protection: Protection, noise: bool = True, trigger: bool = True,
+                 stripped: np.ndarray | None = None) -> None:
         self.base = base
         self.protection = protection
         self.use_noise = noise
         self.use_trigger = trigger and protection.trigger_len > 0
+        self.stripped = stripped
         self.group_ids = base.group_ids
         self.name = f"{base.name}+{protection.method}"
 
@@ -200,8 +203,10 @@ class ProtectedDataset:
     def token_batch(self, rows, tokenizer: CaptionTokenizer, context_length: int) -> torch.Tensor:
         """Trigger ids right after the start token, then the caption (truncated, never the trigger)."""
         ids = self.base.caption_token_ids(tokenizer)
+        rows = np.asarray(rows, dtype=np.int64)
         prefix = self.protection.triggers[self.units(rows)] if self.use_trigger else None
-        return tokenizer.assemble([ids[r] for r in np.asarray(rows)], context_length, prefix=prefix)
+        with_prefix = None if self.stripped is None else ~self.stripped[rows]
+        return tokenizer.assemble([ids[r] for r in rows], context_length, prefix=prefix, with_prefix=with_prefix)
 
     def published_ids(self, rows, tokenizer: CaptionTokenizer) -> list[list[int]]:
         """Untruncated token ids of the published captions (trigger then caption), as a reader re-tokenises them."""

@@ -71,6 +71,7 @@ class ProtectConfig:
     noise_block: int = 1  # the noise is constant on noise_block x noise_block pixel squares (1: per pixel)
     code_block: int = 8  # noise_init="trigger-code" / "caption-code": side of the squares of each code pattern
     code_words: int = 3  # noise_init="caption-code": caption words coded per unit
+    strip_share: float = 0.0  # share of rows seen with the trigger deleted and their own caption, in surrogate training and PGD
     seed: int = 0
     amp: bool = True
 
@@ -107,6 +108,8 @@ class Protector:
             raise ValueError("pgd_steps, surrogate_steps, surrogate_epochs >= 0 and step_size >= 1 are required")
         if c.noise_block < 1 or c.code_block < 1 or c.cluster_size < 0:
             raise ValueError("noise_block, code_block >= 1 and cluster_size >= 0 are required")
+        if not 0.0 <= c.strip_share <= 1.0:
+            raise ValueError(f"strip_share is a share of rows and must be in 0..1, got {c.strip_share}")
 
     def get_params(self) -> dict:
         return asdict(self.config)
@@ -162,7 +165,7 @@ class Protector:
                 optimizer = self._optimizer(surrogate)
                 record["surrogate_reset"] = True
             if c.surrogate_steps:
-                record.update(self._surrogate_step(surrogate, replica, optimizer, view, round_index, progress))
+                record.update(self._surrogate_step(surrogate, replica, optimizer, self._surrogate_view(view, round_index), round_index, progress))
             if c.trigger_len and round_index < c.trigger_rounds:
                 record.update(self._trigger_step(surrogate, dataset, state, allowed, round_index, progress))
             if c.pgd_steps:
@@ -208,6 +211,15 @@ class Protector:
     def _rng(self, round_index: int, stage: int) -> np.random.Generator:
         return np.random.default_rng([self.config.seed, round_index, stage])
 
+    def _surrogate_view(self, view: ProtectedDataset, round_index: int) -> ProtectedDataset:
+        """The protected pairs the surrogate trains on this round: with `strip_share`, a fresh random share of
+        rows without their trigger, so the surrogate learns what the noise alone says about the caption."""
+        share = self.config.strip_share
+        if not share or not view.use_trigger:
+            return view
+        stripped = self._rng(round_index, 4).random(len(view)) < share
+        return ProtectedDataset(view.base, view.protection, stripped=stripped)
+
     def _surrogate_step(self, surrogate: ClipModel, replica, optimizer, view: ProtectedDataset, round_index: int, progress: bool) -> dict:
         """S steps of AdamW on aligned protected pairs (gradients zeroed every step); `replica` is the surrogate or its DDP wrapper."""
         c = self.config
@@ -226,13 +238,30 @@ class Protector:
         size = self.config.batch_size
         return [rows[i:i + size] for i in range(0, len(rows), size) if len(rows[i:i + size]) >= 2]
 
-    def _caption_orders(self, batches: list[np.ndarray], round_index: int) -> list[np.ndarray]:
-        """Every batch's caption order for each PGD step (shuffled if `shuffle`), drawn in batch order from one
-        generator, so a batch gets the same orders whichever rank sweeps it (and as in one process)."""
+    def _caption_orders(self, batches: list[np.ndarray], round_index: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Every batch's caption order for each PGD step (shuffled if `shuffle`) and, with `strip_share`, its
+        stripped rows; drawn in batch order from one generator, so a batch gets the same orders whichever
+        rank sweeps it (and as in one process).
+
+        A stripped row has no trigger and keeps its own caption (EM's objective: the noise must key the
+        caption itself), the others are shuffled among themselves as MEM does, so the noise keys the
+        trigger and still protects once a hacker deletes it.
+        """
         c = self.config
         rng = self._rng(round_index, 2)
-        return [np.stack([rng.permutation(len(rows)) if c.shuffle else np.arange(len(rows)) for _ in range(c.pgd_steps)])
-                for rows in batches]
+        orders = []
+        for rows in batches:
+            steps, stripped = [], []
+            for _ in range(c.pgd_steps):
+                strip = rng.random(len(rows)) < c.strip_share if c.strip_share and c.trigger_len else None
+                shuffled = np.arange(len(rows)) if strip is None else np.flatnonzero(~strip)
+                order = np.arange(len(rows))
+                if c.shuffle:
+                    order[shuffled] = shuffled[rng.permutation(len(shuffled))]
+                steps.append(order)
+                stripped.append(strip)
+            orders.append((np.stack(steps), None if stripped[0] is None else np.stack(stripped)))
+        return orders
 
     def _trigger_step(self, surrogate: ClipModel, dataset: CaptionDataset, state: "_RunState", allowed, round_index: int, progress: bool) -> dict:
         """HotFlip over every unit once, image features computed once per batch."""
@@ -268,8 +297,9 @@ class Protector:
             units, local = np.unique(protection.unit_of_row[rows], return_inverse=True)
             prefix = protection.triggers[protection.unit_of_row[rows]] if c.trigger_len else None
 
-            def tokens_for_step(step: int, rows=rows, prefix=prefix, order=orders[index]) -> torch.Tensor:
-                return surrogate.tokenizer.assemble([caption_ids[r] for r in rows[order[step]]], surrogate.context_length, prefix=prefix)
+            def tokens_for_step(step: int, rows=rows, prefix=prefix, order=orders[index][0], stripped=orders[index][1]) -> torch.Tensor:
+                return surrogate.tokenizer.assemble([caption_ids[r] for r in rows[order[step]]], surrogate.context_length, prefix=prefix,
+                                                    with_prefix=None if stripped is None else ~stripped[step])
 
             noise = torch.from_numpy(np.asarray(protection.noise[units])).permute(0, 3, 1, 2)
             noise, step_losses = pgd_noise(surrogate, dataset.image_batch(rows), noise, torch.from_numpy(local), tokens_for_step,
