@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from mem_toolkit.train import native_bf16
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -17,7 +19,8 @@ def machine() -> dict:
     """What the figures were measured on."""
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "platform": platform.platform(),
-            "load_average_at_start": os.getloadavg()}
+            "load_average_at_start": os.getloadavg(),
+            "bf16_native_cpu": native_bf16("cpu")}  # without it, amp (the "bf16" variants) runs in fp32
 
 
 def _status_kib(field: str, pid: int | str = "self") -> int:

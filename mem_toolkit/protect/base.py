@@ -249,18 +249,19 @@ class Protector:
         """
         c = self.config
         rng = self._rng(round_index, 2)
+        stripping = bool(c.strip_share and c.trigger_len)
         orders = []
         for rows in batches:
             steps, stripped = [], []
             for _ in range(c.pgd_steps):
-                strip = rng.random(len(rows)) < c.strip_share if c.strip_share and c.trigger_len else None
-                shuffled = np.arange(len(rows)) if strip is None else np.flatnonzero(~strip)
+                strip = rng.random(len(rows)) < c.strip_share if stripping else np.zeros(len(rows), dtype=bool)
+                shuffled = np.flatnonzero(~strip)
                 order = np.arange(len(rows))
                 if c.shuffle:
                     order[shuffled] = shuffled[rng.permutation(len(shuffled))]
                 steps.append(order)
                 stripped.append(strip)
-            orders.append((np.stack(steps), None if stripped[0] is None else np.stack(stripped)))
+            orders.append((np.stack(steps), np.stack(stripped) if stripping else None))
         return orders
 
     def _trigger_step(self, surrogate: ClipModel, dataset: CaptionDataset, state: "_RunState", allowed, round_index: int, progress: bool) -> dict:
