@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import distributed
+from .augment import AUGMENTATIONS
 from .cli_data import add_data_args, load_source, recorded_source, test_source, train_source
 from .data.pubfig import register_prepare
 from .errors import DataError, OutputError, ProtectionError, ResumeMismatch, UsageError
@@ -26,13 +27,15 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     parser.add_argument("--no-amp", action="store_true", help="train in fp32 instead of bf16 autocast")
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default="none",
+                        help="crop-flip: random resized crop (50-100 %% of the area) + horizontal flip per image and step, as CLIP trainers do")
 
 
 def _train_config(args):
     from .train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       seed=args.seed, amp=not args.no_amp)
+                       seed=args.seed, amp=not args.no_amp, augment=args.augment)
 
 
 def cmd_make_data(args) -> int:
