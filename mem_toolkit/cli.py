@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 from . import distributed
+from .augment import AUGMENTATIONS
 from .cli_data import add_data_args, load_source, recorded_source, test_source, train_source
 from .data.pubfig import register_prepare
-from .errors import DataError, OutputError, ProtectionError, ResumeMismatch, UsageError
+from .errors import DataError, DefenceError, OutputError, ProtectionError, ResumeMismatch, UsageError
 from .faces_cli import register_faces
 from .lock import FolderLocked, output_lock
 
@@ -26,13 +27,15 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     parser.add_argument("--no-amp", action="store_true", help="train in fp32 instead of bf16 autocast")
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default="none",
+                        help="crop-flip: random resized crop (50-100 %% of the area) + horizontal flip per image and step, as CLIP trainers do")
 
 
 def _train_config(args):
     from .train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       seed=args.seed, amp=not args.no_amp)
+                       seed=args.seed, amp=not args.no_amp, augment=args.augment)
 
 
 def cmd_make_data(args) -> int:
@@ -177,6 +180,16 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_defend(args) -> int:
+    from .defences import apply_defence, get_defence
+
+    defence = get_defence(args.defence)  # an unknown name is refused before the output folder is made
+    with output_lock(args.out):
+        written = apply_defence(args.defence, args.data, args.out, clean_csv=args.clean, vocabulary=args.vocabulary, seed=args.seed)
+    print(f"wrote {written}: {args.data} after {defence.name} ({defence.description})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -270,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--out", help="results folder (default: PROTECTION/verify)")
     verify.set_defaults(func=cmd_verify)
 
+    from .defences import DEFENCES
+
+    defend = commands.add_parser("defend", help="what a hacker does to published data: write a defended copy (PNGs + captions.csv)",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 description="Apply one defence to a published folder (images + captions.csv). Defences:\n" + "\n".join(
+                                     f"  {name:14} {d.kind:9} {d.description}" for name, d in DEFENCES.items()))
+    defend.add_argument("--data", required=True, help="the published caption CSV (e.g. an export's captions.csv)")
+    defend.add_argument("--defence", required=True, help="the defence's name (see the list above)")
+    defend.add_argument("--out", required=True, help="folder for the defended images and captions.csv")
+    defend.add_argument("--clean", help="data defences (protectedNN): the clean CSV of the same rows in the same order")
+    defend.add_argument("--vocabulary", help="the vocabulary defence: a caption CSV of other data, or a text file of words")
+    defend.add_argument("--seed", type=int, default=0, help="seed of the added noise and of the protected share")
+    defend.set_defaults(func=cmd_defend)
+
     demo = commands.add_parser("demo", help="the main job: protect the embedded data with UAP, EM, MEM-3, MEM-5, hack it, tabulate")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--preset", choices=["quick", "full"], default="quick", help="quick: minutes on a laptop CPU; full: the strength run")
@@ -305,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             if not distributed.is_main():  # one copy of every result line: rank 0's
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             return args.func(args)
-    except (DataError, ProtectionError, UsageError, FolderLocked) as error:
+    except (DataError, DefenceError, ProtectionError, UsageError, FolderLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OutputError as error:

@@ -47,3 +47,7 @@ class OutputError(RuntimeError):
 
 class UsageError(ValueError):
     """Command-line flags that do not fit together (e.g. two training sources)."""
+
+
+class DefenceError(ValueError):
+    """A defence that cannot be applied as asked, in one line: an unknown name, a missing input, a clean CSV of other rows."""

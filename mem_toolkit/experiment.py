@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -88,7 +88,7 @@ def run_arm(
     """
     folder = Path(out_dir) / name
     record_path = folder / "arm.json"
-    record = {"model": model_name, "pretrained": None if pretrained is None else str(pretrained), "config": json.loads(json.dumps(asdict(config))),
+    record = {"model": model_name, "pretrained": None if pretrained is None else str(pretrained), "config": config.record(),
               "data_key": data_key(train_data) if key is None else key}
     previous = json.loads(record_path.read_text()) if record_path.exists() and distributed.is_main() else None
     previous = distributed.broadcast_object(previous)  # every process decides on what rank 0 read

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .atomic import write_text
 from . import distributed
+from .augment import AUGMENTATIONS, crop_flip, crop_flip_params
 from .checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
 from .data.dataset import CaptionDataset
 from .errors import ResumeMismatch
@@ -55,6 +56,19 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True  # bf16 autocast where the device runs bf16 natively (else fp32); the loss is computed in fp32
     eval_batch_size: int = 256
+    augment: str = "none"  # "crop-flip": random resized crop + horizontal flip per sample and step (mem_toolkit.augment)
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {self.augment!r}; choose from {AUGMENTATIONS}")
+
+    def record(self) -> dict:
+        """The settings as JSON, for run records and cache keys. `augment` is left out while "none", so the records
+        and keys of runs made before the setting existed still match and those runs are reused, not trained again."""
+        settings = json.loads(json.dumps(asdict(self)))
+        if settings["augment"] == "none":
+            del settings["augment"]
+        return settings
 
 
 @dataclass
@@ -149,8 +163,10 @@ def batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.ndar
 
 
 def contrastive_step(model: ClipModel | DistributedDataParallel, optimizer: torch.optim.Optimizer, data: PairSource, rows: np.ndarray,
-                     amp: bool) -> float:
+                     amp: bool, crops: np.ndarray | None = None) -> float:
     """One optimiser step of the symmetric InfoNCE loss over the global batch `rows` (gradients zeroed first); returns the loss.
+
+    `crops` (`augment.crop_flip_params` of the global batch) crops and flips each row's image first.
 
     `model` is a ClipModel, or in several processes its `distributed.replicate` (DDP) wrapper: then
     each rank encodes only its slice of `rows` and the loss is taken over the features gathered
@@ -162,6 +178,8 @@ def contrastive_step(model: ClipModel | DistributedDataParallel, optimizer: torc
     device = clip.device
     local = distributed.shard(rows)
     pixels = data.image_batch(local).to(device)
+    if crops is not None:
+        pixels = crop_flip(pixels, distributed.shard(crops))
     tokens = data.token_batch(local, clip.tokenizer, clip.context_length).to(device)
     with autocast(device, amp):
         image_features, text_features, scale = model(pixels, tokens)
@@ -202,7 +220,7 @@ def train_clip(
     warmup = config.warmup_steps if config.warmup_steps is not None else max(1, total // 10)
     optimizer = adamw(model, config.weight_decay, lr=config.lr, betas=config.betas, eps=config.adam_eps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, total, warmup))
-    history = History(config=json.loads(json.dumps(asdict(config))), model=model.name)
+    history = History(config=config.record(), model=model.name)
     start_epoch = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         start_epoch, history = _restore(checkpoint, model, optimizer, schedule, config)
@@ -214,8 +232,9 @@ def train_clip(
         losses = []
         bar = tqdm(batches(len(train_data), config.batch_size, config.seed, epoch), desc=f"{description} epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False, unit="batch")
-        for rows in bar:
-            losses.append(contrastive_step(replica, optimizer, train_data, rows, use_amp))
+        for step, rows in enumerate(bar):
+            crops = crop_flip_params(len(rows), (config.seed, epoch, step)) if config.augment == "crop-flip" else None
+            losses.append(contrastive_step(replica, optimizer, train_data, rows, use_amp, crops))
             schedule.step()
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         distributed.sync_buffers(model)
@@ -250,8 +269,8 @@ def _save(path, model: ClipModel, optimizer, schedule, history: History, epoch: 
 def _restore(path, model: ClipModel, optimizer, schedule, config: TrainConfig) -> tuple[int, History]:
     tensors, state = load_state(path)
     saved = History.from_dict(state["history"])
-    if saved.config != json.loads(json.dumps(asdict(config))):
-        raise ResumeMismatch(f"cannot resume from {path}: it was trained with {saved.config}, not {asdict(config)}")
+    if saved.config != config.record():
+        raise ResumeMismatch(f"cannot resume from {path}: it was trained with {saved.config}, not {config.record()}")
     model.clip.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(optimizer, tensors, state["optimizer"])
     schedule.load_state_dict(state["schedule"])
@@ -289,8 +308,8 @@ def _finished_run(out_dir: Path, model: ClipModel, config: TrainConfig) -> Histo
     if not (history_path.exists() and weights.exists()):
         return None
     history = History.load(history_path)
-    if history.config != json.loads(json.dumps(asdict(config))) or history.model != model.name:
+    if history.config != config.record() or history.model != model.name:
         raise ResumeMismatch(f"cannot resume in {out_dir}: it holds a finished {history.model} run trained with {history.config}, "
-                         f"not {model.name} with {asdict(config)}")
+                         f"not {model.name} with {config.record()}")
     model.clip.load_state_dict(load_file(str(weights)))
     return history

@@ -145,7 +145,7 @@ def run_transfer(
     detail_rows |= {f"hacker {h}, {protector.method} by surrogate {s}": protected[s][h] for s in surrogates for h in hackers}
     detail = results_table(detail_rows, test, f"Every run: hackers trained from scratch for {config.epochs} epochs")
     return TransferResult(protector.method, surrogates, hackers, protected, clean, random_guess(test), test.n_images, len(test),
-                          detail, json.loads(json.dumps({"protector": params, "train": asdict(config)})), seconds)
+                          detail, json.loads(json.dumps({"protector": params, "train": config.record()})), seconds)
 
 
 def check_architectures(names: Sequence[str], image_size: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from .data.dataset import CaptionDataset
@@ -41,7 +41,7 @@ class Workspace:
              model_name: str = "mem-tiny-rn") -> ArmResult:
         """A fresh hacker `model_name` trained on `train_data` and evaluated on the clean `test` (reused when already trained)."""
         training = data_key(train_data)
-        key = cache_key(training, test.fingerprint(), model_name, asdict(config))
+        key = cache_key(training, test.fingerprint(), model_name, config.record())
         result = run_arm(f"{_safe(name)}-{_safe(model_name)}-{key}", train_data, test, config, self.root / "hackers", model_name,
                          self.device, self.progress, key=training)
         return replace(result, name=name)

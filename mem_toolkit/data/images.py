@@ -44,6 +44,12 @@ class ShardMember:
         return f"{self.shard}, key {self.key}"
 
 
+def rgb_pixels(source: str | os.PathLike | io.BytesIO) -> np.ndarray:
+    """An image's pixels as stored, converted to RGB uint8 (H, W, 3) without resizing: what was written, to check or transform."""
+    with Image.open(source) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 def load_image(path: str | os.PathLike | ShardMember, size: int) -> np.ndarray:
     """Decode one image (a file, or a member of a tar shard) into a (size, size, 3) uint8 array."""
     source = io.BytesIO(path.read()) if isinstance(path, ShardMember) else path

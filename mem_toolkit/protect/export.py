@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.dataset import CaptionDataset
+from ..data.images import rgb_pixels
 from ..data.shards import read_shard, sample_captions, shard_pattern, write_shards
 from ..data.writer import write_caption_folder
 from ..text import CaptionTokenizer
@@ -57,7 +58,7 @@ def export_protection(protection: Protection, dataset: CaptionDataset, out_dir: 
         rows_of = dict(units)
 
         def read_back(name: str) -> tuple[np.ndarray, list[str]]:
-            return _png_pixels((Path(out_dir) / files[name]).read_bytes()), [captions[r] for r in rows_of[name]]
+            return rgb_pixels(Path(out_dir) / files[name]), [captions[r] for r in rows_of[name]]
     else:
         with tqdm(units, desc="exporting protected shards", disable=not progress, unit="img") as bar:  # closed on errors too
             samples = ((name, _sample_members(pixels(rows), [captions[r] for r in rows])) for name, rows in bar)
@@ -104,11 +105,6 @@ def _sample_members(pixels: np.ndarray, captions: list[str]) -> dict[str, bytes]
     return {"png": buffer.getvalue()} | text
 
 
-def _png_pixels(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
 def _shard_reader(paths: list[Path]) -> Callable[[str], tuple[np.ndarray, list[str]]]:
     """Look up a written sample's pixels and captions by key, reading the shards as a user will."""
     found = {}
@@ -121,7 +117,7 @@ def _shard_reader(paths: list[Path]) -> Callable[[str], tuple[np.ndarray, list[s
 
     def read_back(key: str) -> tuple[np.ndarray, list[str]]:
         sample, texts = found[key]
-        return _png_pixels(sample.image().read()), sample_captions(sample, texts)[0]
+        return rgb_pixels(io.BytesIO(sample.image().read())), sample_captions(sample, texts)[0]
 
     return read_back
 
