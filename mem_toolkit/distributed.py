@@ -12,7 +12,7 @@ import ctypes
 import os
 import signal
 import sys
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -110,11 +110,6 @@ def shard(items: np.ndarray) -> np.ndarray:
         raise ValueError(f"a batch of {len(items)} rows cannot be split over {world_size()} processes; use a batch of at least {world_size()}")
     bounds = shard_bounds(len(items))
     return items[bounds[rank()]:bounds[rank() + 1]]
-
-
-def my_share(items: Sequence[T]) -> list[tuple[int, T]]:
-    """(index, item) of the items this rank handles in a sweep: every world_size-th one, starting at its rank."""
-    return [(index, items[index]) for index in range(rank(), len(items), world_size())]
 
 
 class _GatherWithGrad(torch.autograd.Function):

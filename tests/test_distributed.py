@@ -25,6 +25,7 @@ from mem_toolkit.data.shapes import make_shapes
 from mem_toolkit.loss import clip_loss
 from mem_toolkit.models import create_model
 from mem_toolkit.protect import Protection
+from mem_toolkit.protect.base import Protector
 from mem_toolkit.train import contrastive_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,6 +127,19 @@ def test_sweeps_split_over_two_processes_give_the_one_process_artifact(data, tmp
                    "--batch-size", "16"])
     assert result.stdout.count("| mem-2 |") == 1  # printed by rank 0 only
     assert set(json.loads((tmp_path / "two" / "verify" / "verify.json").read_text())["results"]) == {"clean", "mem-2"}
+
+
+def test_two_processes_sweep_clusters_each_cluster_in_one_process(data, tmp_path, monkeypatch):
+    """A cluster of photos spans several batches, so each cluster belongs to one rank: the 2-process artifact is
+    exactly one process sweeping the same 2-process plan (no noise or trigger was updated by two processes)."""
+    args = ["--granularity", "cluster", "--n-clusters", "6"]
+    _run(_protect_args(data, tmp_path / "two", surrogate_steps=0, rounds=2) + args)
+    monkeypatch.setattr(Protector, "_sweep_processes", lambda self: 2)
+    assert main(["--threads", "1"] + _protect_args(data, tmp_path / "replayed", surrogate_steps=0, rounds=2) + args) == 0
+    _same_artifact(tmp_path / "replayed", tmp_path / "two")
+    protection = Protection.load(tmp_path / "two")
+    assert protection.n_units == 6 and protection.config["granularity"] == "cluster"
+    assert (np.abs(np.asarray(protection.noise)).reshape(6, -1).max(axis=1) > 0).all()  # every cluster's noise moved
 
 
 def _workers(launcher: int) -> list[int]:

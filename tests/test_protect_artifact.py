@@ -11,7 +11,7 @@ from mem_toolkit.data.loaders import load_caption_csv
 from mem_toolkit.errors import ProtectionError
 from mem_toolkit.protect import EM, MEM, UAP, Protection, StrippedView
 from mem_toolkit.protect.export import export_protection
-from mem_toolkit.protect.sharing import sharing_units
+from mem_toolkit.protect.sharing import sharing_units, sweep_batches
 from mem_toolkit.text import CaptionTokenizer
 
 TINY = dict(rounds=2, surrogate_steps=2, pgd_steps=2, trigger_rounds=1, candidates=4, batch_size=16)
@@ -117,6 +117,28 @@ def test_sharing_units_by_granularity(tiny_shapes):
         assert len(set(clusters[rows].tolist())) == 1  # an image's captions share its cluster
     with pytest.raises(ValueError, match="n_clusters"):
         sharing_units(tiny_shapes, "cluster", n_clusters=0)
+
+
+def test_sweep_batches_go_round_robin_unless_a_unit_spans_batches_then_each_unit_has_one_process():
+    rng = np.random.default_rng(0)
+    unit_of_row = rng.integers(0, 7, size=57)
+    rows = rng.permutation(57)
+    one = sweep_batches(rows, unit_of_row, 8)
+    assert [owner for owner, _ in one] == [0] * 7 and np.array_equal(np.concatenate([b for _, b in one]), rows[:56])  # a 1-row tail is dropped
+    round_robin = sweep_batches(rows, unit_of_row, 8, processes=2)
+    assert [owner for owner, _ in round_robin] == [0, 1, 0, 1, 0, 1, 0]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(one, round_robin))
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(one, sweep_batches(rows, unit_of_row, 8, 1, units_span_batches=True)))
+    by_unit = sweep_batches(rows, unit_of_row, 8, processes=2, units_span_batches=True)
+    units_of = {owner: set() for owner in (0, 1)}
+    for owner, batch in by_unit:
+        assert 2 <= len(batch) <= 8
+        units_of[owner] |= set(unit_of_row[batch].tolist())
+    assert units_of[0] and units_of[1] and not units_of[0] & units_of[1]  # no unit is swept by two processes
+    for owner in (0, 1):  # each process sweeps its rows in the sweep's order
+        mine = np.concatenate([b for o, b in by_unit if o == owner])
+        expected = rows[unit_of_row[rows] % 2 == owner]
+        assert np.array_equal(mine, expected[:len(mine)]) and len(expected) - len(mine) <= 1
 
 
 def test_row_granularity_exports_one_file_per_row(tiny_shapes, tmp_path):

@@ -6,9 +6,9 @@ from `seed`; a run checkpoints atomically after every outer round and `resume=Tr
 giving the same artifact as an uninterrupted run.
 
 Under torchrun (`mem_toolkit.distributed`) the surrogate trains with DDP on the same global batches,
-the HotFlip and PGD sweeps split their batches over the ranks (each rank writes only its own units
-into the shared noise memory map; triggers are merged after the trigger step), rank 0 writes the
-checkpoints, and every stage ends with all ranks in step.
+the HotFlip and PGD sweeps split their batches over the ranks (`sharing.sweep_batches`: each unit is
+swept by one rank, which writes only its own units into the shared noise memory map; triggers are
+merged after the trigger step), rank 0 writes the checkpoints, and every stage ends with all ranks in step.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from .artifact import Protection, ProtectedDataset
 from .diagnostics import shortcut_report
 from .hotflip import hotflip_step
 from .pgd import pgd_noise
-from .sharing import sharing_units, sweep_rows
+from .sharing import sharing_units, sweep_batches, sweep_rows
 from .vocabulary import allowed_trigger_tokens
 
 
@@ -180,14 +180,11 @@ class Protector:
         return state.finish(shortcut_report(surrogate, dataset, state.protection, c.batch_size, c.seed))
 
     def _check_processes(self, work_dir) -> None:
-        """Refuse what several processes cannot share: noise held in one process's RAM, or units swept in several batches."""
+        """Refuse what several processes cannot share: noise held in one process's RAM."""
         if distributed.world_size() == 1:
             return
         if work_dir is None:
             raise ValueError("a protection run by several processes needs work_dir: its noise is a memory map there that every process writes into")
-        if self.config.granularity == "cluster":
-            raise ValueError("granularity='cluster' sweeps one unit in several batches, which several processes would update at once; "
-                             "run it in one process")
 
     def _optimizer(self, surrogate: ClipModel) -> torch.optim.Optimizer:
         c = self.config
@@ -233,12 +230,16 @@ class Protector:
         return {"surrogate_loss": float(np.mean(losses)), "surrogate_loss_last": float(np.mean(losses[-max(1, len(losses) // 10):])),
                 "surrogate_seconds": time.perf_counter() - started}
 
-    def _batches(self, dataset: CaptionDataset, round_index: int, stage: int) -> list[np.ndarray]:
+    def _batches(self, dataset: CaptionDataset, unit_of_row: np.ndarray, round_index: int, stage: int) -> list[tuple[int, np.ndarray]]:
+        """The sweep's batches with the rank that sweeps each, planned for this run's number of processes."""
         rows = sweep_rows(dataset, self.config.granularity, self._rng(round_index, stage))
-        size = self.config.batch_size
-        return [rows[i:i + size] for i in range(0, len(rows), size) if len(rows[i:i + size]) >= 2]
+        return sweep_batches(rows, unit_of_row, self.config.batch_size, self._sweep_processes(), self.config.granularity == "cluster")
 
-    def _caption_orders(self, batches: list[np.ndarray], round_index: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    def _sweep_processes(self) -> int:
+        """How many processes the sweeps are planned for: the run's."""
+        return distributed.world_size()
+
+    def _caption_orders(self, batches: list[tuple[int, np.ndarray]], round_index: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Every batch's caption order for each PGD step (shuffled if `shuffle`) and, with `strip_share`, its
         stripped rows; drawn in batch order from one generator, so a batch gets the same orders whichever
         rank sweeps it (and as in one process).
@@ -251,7 +252,7 @@ class Protector:
         rng = self._rng(round_index, 2)
         stripping = bool(c.strip_share and c.trigger_len)
         orders = []
-        for rows in batches:
+        for _, rows in batches:
             steps, stripped = [], []
             for _ in range(c.pgd_steps):
                 strip = rng.random(len(rows)) < c.strip_share if stripping else np.zeros(len(rows), dtype=bool)
@@ -272,7 +273,8 @@ class Protector:
         caption_ids = dataset.caption_token_ids(surrogate.tokenizer)
         losses, started = {}, time.perf_counter()
         start_triggers = protection.triggers.copy()
-        for index, rows in tqdm(distributed.my_share(self._batches(dataset, round_index, 1)), desc="trigger step", disable=not progress, leave=False):
+        for index, rows in tqdm(_mine(self._batches(dataset, protection.unit_of_row, round_index, 1)), desc="trigger step", disable=not progress,
+                                leave=False):
             units, local = np.unique(protection.unit_of_row[rows], return_inverse=True)
             with torch.no_grad():
                 image_features = surrogate.eval().encode_image(view.image_batch(rows).to(self.device)).float()
@@ -291,10 +293,10 @@ class Protector:
         c = self.config
         protection = state.protection
         caption_ids = dataset.caption_token_ids(surrogate.tokenizer)
-        batches = self._batches(dataset, round_index, 3)
+        batches = self._batches(dataset, protection.unit_of_row, round_index, 3)
         orders = self._caption_orders(batches, round_index)
         losses, started = {}, time.perf_counter()
-        for index, rows in tqdm(distributed.my_share(batches), desc="noise step", disable=not progress, leave=False):
+        for index, rows in tqdm(_mine(batches), desc="noise step", disable=not progress, leave=False):
             units, local = np.unique(protection.unit_of_row[rows], return_inverse=True)
             prefix = protection.triggers[protection.unit_of_row[rows]] if c.trigger_len else None
 
@@ -311,6 +313,11 @@ class Protector:
             protection.noise.flush()
         first, last = _in_batch_order(losses)  # also the barrier: every rank's units are written
         return {"pgd_loss_first": float(np.mean(first)), "pgd_loss_last": float(np.mean(last)), "noise_seconds": time.perf_counter() - started}
+
+
+def _mine(batches: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
+    """(index, rows) of the batches this rank sweeps; a plan made for more processes than run is swept whole by rank r's share (owner mod size)."""
+    return [(index, rows) for index, (owner, rows) in enumerate(batches) if owner % distributed.world_size() == distributed.rank()]
 
 
 def _in_batch_order(values: dict[int, tuple]) -> tuple[list, ...]:

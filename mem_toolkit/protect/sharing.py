@@ -45,3 +45,21 @@ def sweep_rows(dataset: CaptionDataset, granularity: str, rng: np.random.Generat
         return rng.permutation(len(dataset))
     picks = np.array([rng.choice(rows) for rows in dataset.rows_of_group()], dtype=np.int64)
     return rng.permutation(picks)
+
+
+def sweep_batches(rows: np.ndarray, unit_of_row: np.ndarray, batch_size: int, processes: int = 1,
+                  units_span_batches: bool = False) -> list[tuple[int, np.ndarray]]:
+    """A sweep's rows cut into batches of `batch_size` (at least 2 rows), each with the rank that sweeps it.
+
+    Where every unit lies in one batch of the sweep (row and image granularity) the batches go round
+    robin. Where a unit spans several batches (clusters) and several processes sweep, two processes
+    must never update one unit: each unit belongs to one rank (unit mod `processes`) and that rank's
+    batches hold only its units, which it sweeps in order. In one process both plans are the same.
+    """
+    def cut(part: np.ndarray) -> list[np.ndarray]:
+        return [part[i:i + batch_size] for i in range(0, len(part), batch_size) if len(part[i:i + batch_size]) >= 2]
+
+    if not units_span_batches or processes == 1:
+        return [(index % processes, batch) for index, batch in enumerate(cut(rows))]
+    owner_of_row = unit_of_row[rows] % processes
+    return [(owner, batch) for owner in range(processes) for batch in cut(rows[owner_of_row == owner])]
