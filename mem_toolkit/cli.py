@@ -308,13 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DISTRIBUTED_COMMANDS = ("protect", "train", "verify")
+DISTRIBUTED_COMMANDS = ("protect", "train", "verify", "demo", "faces")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input ends with the full list of problems and exit status 2.
 
-    Under torchrun, `protect`, `train` and `verify` run in every process and only rank 0 prints;
+    Under torchrun, `protect`, `train`, `verify`, `demo` and `faces` run in every process and only rank 0 prints;
     the other commands run in one process.
     """
     args = build_parser().parse_args(argv)

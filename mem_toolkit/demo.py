@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data.shapes import make_shapes_split
 from .experiment import ArmResult, protect_cached, random_guess, results_table, run_arm
 from .protect import EM, MEM, UAP, Protection, StrippedView, random_id_protection
@@ -69,8 +70,12 @@ METHOD_ORDER = ["clean", "uap", "em", "mem-3", "mem-5", "mem-3-trigger-only", "m
 
 
 def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", progress: bool = True, device: str = "auto") -> dict:
-    """Run the whole demo into `out_dir` (results.json, results.md, figures); returns the results dict."""
+    """Run the whole demo into `out_dir` (results.json, results.md, figures); returns the results dict.
+
+    Under torchrun every process runs it: protections and hackers are distributed, rank 0 writes the results.
+    """
     preset = PRESETS[preset] if isinstance(preset, str) else preset
+    progress = progress and distributed.is_main()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, float] = {}
@@ -113,7 +118,7 @@ def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", pro
                                               note="stripping the 3 trigger tokens gives exactly the noise-only training data (checked token by token)")
     else:
         results["mem-3-stripped"] = run_arm("mem-3-stripped", stripped, test, config, out / "hackers", preset.hacker_model, device, progress)
-    return _write_results(out, preset, results, protections, train, test, stages)
+    return distributed.main_only(lambda: _write_results(out, preset, results, protections, train, test, stages))
 
 
 def _same_training_data(a, b, dataset, batch_size: int) -> bool:

@@ -98,6 +98,11 @@ def main_first(work: Callable[[], T]) -> T:
     return result  # type: ignore[return-value]
 
 
+def main_only(work: Callable[[], T]) -> T:
+    """Run `work` on rank 0 only (writing results, figures, caches) and give its picklable result to every rank."""
+    return broadcast_object(work() if is_main() else None)
+
+
 def shard_bounds(n: int) -> list[int]:
     """Start offsets (and the end) of the contiguous slices `n` items split into, one per rank, sizes differing by at most 1."""
     size, extra = divmod(n, world_size())

@@ -125,8 +125,10 @@ def protect_cached(protector: Protector, dataset: CaptionDataset, folder: str | 
         if saved is not None:
             return saved
         protection = protector.fit(dataset, surrogate, work_dir=folder / "work", resume=True, progress=progress)
-    except ResumeMismatch:
-        shutil.rmtree(folder)
+    except ResumeMismatch:  # every process reads the same files, so all of them get here together
+        if distributed.is_main():
+            shutil.rmtree(folder)
+        distributed.barrier()
         protection = protector.fit(dataset, surrogate, work_dir=folder / "work", progress=progress)
     return save_protection(protection, folder)
 

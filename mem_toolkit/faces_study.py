@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data.faces import make_faces
 from .data.identity import FaceData, load_identity_csv, load_identity_folder
 from .errors import DataError, Problem
@@ -149,7 +150,7 @@ def train_hackers(face_data: FaceData, arms: Mapping, preset: FacesPreset, out_d
         weights = hacker_weights.get(architecture)
         folder = Path(out_dir) / "hackers" / _hacker_key(architecture, weights)
         run = run_arm(arm, arms[arm], face_data.test, config, folder, architecture, device, progress, pretrained=weights)
-        metrics = _evaluation(folder / arm, len(run.history.epochs), face_data, device)
+        metrics = distributed.main_only(lambda: _evaluation(folder / arm, len(run.history.epochs), face_data, device))
         results.setdefault(architecture, {})[arm] = HackerResult(architecture, arm, metrics, run.history, run.seconds, folder / arm)
     return results
 
@@ -219,8 +220,10 @@ def run_faces_study(
     `data`: `"synthetic"`, an identity folder, a labels CSV, or a `FaceData`. `hacker_weights`:
     architecture -> starting weights (open_clip tag or checkpoint) for fine-tuning hackers;
     `surrogate_pretrained`: starting weights of the protection's surrogate (default: from scratch).
+    Under torchrun every process runs it: protections and hackers are distributed, rank 0 evaluates and writes.
     """
     preset = _preset(preset)
+    progress = progress and distributed.is_main()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, float] = {}
@@ -228,18 +231,21 @@ def run_faces_study(
     face_data = data if isinstance(data, FaceData) else load_face_data(data, preset, progress)
     stages["data"] = time.perf_counter() - clock
     source = "synthetic" if str(data) == "synthetic" else ("FaceData" if isinstance(data, FaceData) else str(Path(data).resolve()))
-    _check_manifest(out, {"data": source, "train": face_data.train.fingerprint(), "test": face_data.test.fingerprint(),
-                          "preset": json.loads(json.dumps(asdict(preset)))})
-    face_data.save_names(out / "names.json")
+    manifest = {"data": source, "train": face_data.train.fingerprint(), "test": face_data.test.fingerprint(),
+                "preset": json.loads(json.dumps(asdict(preset)))}
+    problem = distributed.main_only(lambda: _claim_folder(out, manifest, face_data))
+    if problem:
+        raise ValueError(problem)
     protections, seconds = protect_faces(face_data, preset, out, surrogate_model, surrogate_pretrained, progress, device)
     stages |= {f"protect {name}": s for name, s in seconds.items()}
     arms = hacker_arms(face_data, protections, preset.controls)
     results = train_hackers(face_data, arms, preset, out, hackers, hacker_weights, progress, device)
     stages |= {f"hacker {a} {arm}": r.seconds for a, arms_ in results.items() for arm, r in arms_.items()}
     clock = time.perf_counter()
-    figures = write_figures(out / "figures", face_data, protections, results)
+    figures = distributed.main_only(lambda: write_figures(out / "figures", face_data, protections, results))
     stages["figures"] = time.perf_counter() - clock
-    return _write_results(out, preset, face_data, source, protections, results, stages, figures, hacker_weights or {}, surrogate_pretrained)
+    return distributed.main_only(lambda: _write_results(out, preset, face_data, source, protections, results, stages, figures,
+                                                        hacker_weights or {}, surrogate_pretrained))
 
 
 def _preset(preset: str | FacesPreset) -> FacesPreset:
@@ -250,16 +256,19 @@ def _preset(preset: str | FacesPreset) -> FacesPreset:
     return PRESETS[preset]
 
 
-def _check_manifest(out: Path, manifest: dict) -> None:
-    """Refuse to mix two studies (other data or settings) in one output folder."""
+def _claim_folder(out: Path, manifest: dict, face_data: FaceData) -> str | None:
+    """Why this study cannot use `out` (it holds a study with other data or settings), or None after recording the
+    manifest and the pseudonyms there."""
     path = out / "study.json"
     if path.exists():
         saved = json.loads(path.read_text())
         differing = sorted(k for k in manifest if saved.get(k) != manifest[k])
         if differing:
-            raise ValueError(f"{out} holds a face study with other {', '.join(differing)}; use another output folder or remove that one")
+            return f"{out} holds a face study with other {', '.join(differing)}; use another output folder or remove that one"
     else:
         write_json(path, manifest)
+    face_data.save_names(out / "names.json")
+    return None
 
 
 def write_figures(folder: str | os.PathLike, face_data: FaceData, protections: Mapping[str, Protection],

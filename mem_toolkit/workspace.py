@@ -12,6 +12,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from . import distributed
 from .data.dataset import CaptionDataset
 from .experiment import ArmResult, cache_key, data_key, protect_cached, run_arm
 from .models import ClipModel, load_model
@@ -27,7 +28,12 @@ class Workspace:
     def __init__(self, root: str | os.PathLike, device: str = "auto", progress: bool = True) -> None:
         self.root = Path(root)
         self.device = device
-        self.progress = progress
+        self._progress = progress
+
+    @property
+    def progress(self) -> bool:
+        """Whether to show progress bars: asked for, and this is rank 0 (under torchrun the others stay quiet)."""
+        return self._progress and distributed.is_main()
 
     def protection_folder(self, protector: Protector, dataset: CaptionDataset) -> Path:
         """Where `protector` applied to `dataset` is (or will be) saved."""

@@ -22,6 +22,7 @@ from mem_toolkit import distributed
 from mem_toolkit.checkpoint import load_state
 from mem_toolkit.cli import main
 from mem_toolkit.data.shapes import make_shapes
+from mem_toolkit.demo import METHOD_ORDER
 from mem_toolkit.loss import clip_loss
 from mem_toolkit.models import create_model
 from mem_toolkit.protect import Protection
@@ -207,6 +208,36 @@ def test_commands_that_run_in_one_process_refuse_several(data, tmp_path):
     result = subprocess.run(_torchrun(["export", "--protection", str(tmp_path), "--out", str(tmp_path / "x")]), env=_env(),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "export runs in one process" in result.stderr
+
+
+# -- the studies -----------------------------------------------------------------------------------
+
+def test_demo_and_face_study_run_on_two_processes(tmp_path):
+    """Every process runs the study; protections and hackers are distributed, rank 0 alone writes and prints."""
+    script = tmp_path / "demo_two.py"
+    script.write_text("import sys\n"
+                      f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+                      "from test_demo import TINY\n"
+                      "from mem_toolkit import distributed\n"
+                      "from mem_toolkit.demo import run_demo\n"
+                      "distributed.init()\n"
+                      "results = run_demo(sys.argv[1], TINY, progress=False)\n"
+                      "print('rank', distributed.rank(), 'methods', len(results['methods']))\n"
+                      "distributed.close()\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path / "demo")]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank")) == [f"rank {r} methods {len(METHOD_ORDER)}" for r in (0, 1)]
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert list(saved["methods"]) == METHOD_ORDER and all(m["final"]["epoch"] == 1 for m in saved["methods"].values())
+    assert {d["processes"] for p in saved["protections"].values() for d in p["diagnostics"]} == {2}
+    assert (tmp_path / "demo" / "figures" / "curves.png").stat().st_size > 1000
+
+    faces = _run(["faces", "--out", str(tmp_path / "faces"), "--preset", "smoke", "--hackers", "mem-tiny-vit"])
+    assert faces.stdout.count("| MEM-3 |") == 2  # the table and the control table, printed by rank 0 only
+    saved = json.loads((tmp_path / "faces" / "results.json").read_text())
+    assert set(saved["hackers"]["mem-tiny-vit"]["arms"]) == {"clean", "mem-3", "mem-5", "mem-3 trigger-only", "mem-3 noise-only"}
+    assert {d["processes"] for p in saved["protections"].values() for d in p["diagnostics"]} == {2}
 
 
 # -- hacker training -------------------------------------------------------------------------------
