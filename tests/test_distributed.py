@@ -212,7 +212,7 @@ def test_commands_that_run_in_one_process_refuse_several(data, tmp_path):
 
 # -- the studies -----------------------------------------------------------------------------------
 
-def test_demo_and_face_study_run_on_two_processes(tmp_path):
+def test_demo_transfer_and_face_study_run_on_two_processes(tmp_path):
     """Every process runs the study; protections and hackers are distributed, rank 0 alone writes and prints."""
     script = tmp_path / "demo_two.py"
     script.write_text("import sys\n"
@@ -223,15 +223,30 @@ def test_demo_and_face_study_run_on_two_processes(tmp_path):
                       "distributed.init()\n"
                       "results = run_demo(sys.argv[1], TINY, progress=False)\n"
                       "print('rank', distributed.rank(), 'methods', len(results['methods']))\n"
+                      "from mem_toolkit.data import make_shapes_split\n"
+                      "from mem_toolkit.protect import MEM\n"
+                      "from mem_toolkit.train import TrainConfig\n"
+                      "from mem_toolkit.transfer import run_transfer\n"
+                      "train, test = make_shapes_split(16, 8, 64, seed=2)\n"
+                      "protector = MEM(2, rounds=1, surrogate_steps=2, pgd_steps=1, trigger_rounds=1, candidates=3, batch_size=40)\n"
+                      "table = run_transfer(protector, train, test, ['mem-tiny-rn'], ['mem-tiny-vit'], TrainConfig(epochs=1, batch_size=40),\n"
+                      "                     sys.argv[2])\n"
+                      "print('rank', distributed.rank(), 'transfer', table.protected['mem-tiny-rn']['mem-tiny-vit']['i2t_R@1'],\n"
+                      "      table.clean['mem-tiny-vit']['i2t_R@1'])\n"
                       "distributed.close()\n")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path / "demo")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path / "demo"),
+               str(tmp_path / "transfer")]
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank")) == [f"rank {r} methods {len(METHOD_ORDER)}" for r in (0, 1)]
+    assert sorted(line for line in result.stdout.splitlines() if "methods" in line) == [f"rank {r} methods {len(METHOD_ORDER)}" for r in (0, 1)]
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert list(saved["methods"]) == METHOD_ORDER and all(m["final"]["epoch"] == 1 for m in saved["methods"].values())
     assert {d["processes"] for p in saved["protections"].values() for d in p["diagnostics"]} == {2}
     assert (tmp_path / "demo" / "figures" / "curves.png").stat().st_size > 1000
+    transfer = [line.split()[3:] for line in result.stdout.splitlines() if line.startswith("rank") and "transfer" in line]
+    assert len(transfer) == 2 and transfer[0] == transfer[1]  # both ranks return the same table
+    protections = list((tmp_path / "transfer" / "protections").glob("*/protection.json"))
+    assert len(protections) == 1 and json.loads(protections[0].read_text())["diagnostics"][0]["processes"] == 2
 
     faces = _run(["faces", "--out", str(tmp_path / "faces"), "--preset", "smoke", "--hackers", "mem-tiny-vit"])
     assert faces.stdout.count("| MEM-3 |") == 2  # the table and the control table, printed by rank 0 only
