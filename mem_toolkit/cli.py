@@ -202,6 +202,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_robustness(args) -> int:
+    from .studies.robustness import run_robustness
+
+    result = run_robustness(args.out, args.preset, device=args.device)
+    print(result.table("i2t"))
+    print()
+    for text, ok in result.checks().items():
+        print(f"{'ok ' if ok else 'NO '} {text}")
+    print(f"\nresults (both directions): {Path(args.out) / 'results.md'} and results.json; heat maps in {Path(args.out) / 'figures'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mem-toolkit", description=__doc__)
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
@@ -302,19 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--preset", choices=["quick", "full"], default="quick", help="quick: minutes on a laptop CPU; full: the strength run")
     demo.add_argument("--device", default="auto")
     demo.set_defaults(func=cmd_demo)
+    robustness = commands.add_parser("robustness", help="the defences table: each protection, published, defended as a hacker would, and hacked")
+    robustness.add_argument("--out", default="runs/robustness")
+    robustness.add_argument("--preset", choices=["smoke", "quick", "full"], default="quick",
+                            help="smoke: seconds, does it run; quick: the likely defences against MEM-3, EM and a random-ID trigger; "
+                                 "full: every defence and protection, two seeds")
+    robustness.add_argument("--device", default="auto")
+    robustness.set_defaults(func=cmd_robustness)
 
     register_prepare(commands)
     register_faces(commands)
     return parser
 
 
-DISTRIBUTED_COMMANDS = ("protect", "train", "verify", "demo", "faces")
+DISTRIBUTED_COMMANDS = ("protect", "train", "verify", "demo", "faces", "robustness")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input ends with the full list of problems and exit status 2.
 
-    Under torchrun, `protect`, `train`, `verify`, `demo` and `faces` run in every process and only rank 0 prints;
+    Under torchrun, `protect`, `train`, `verify`, `demo`, `faces` and `robustness` run in every process and only rank 0 prints;
     the other commands run in one process.
     """
     args = build_parser().parse_args(argv)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import distributed
 from .data.shapes import make_shapes_split
-from .experiment import ArmResult, protect_cached, random_guess, results_table, run_arm
+from .experiment import ArmResult, protect_cached, random_guess, results_table
 from .protect import EM, MEM, UAP, Protection, StrippedView, random_id_protection
+from .studies.grid import Hacker, run_grid
 from .text import CaptionTokenizer
 from .train import TrainConfig, write_json
 
@@ -107,17 +107,17 @@ def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", pro
         "mem-3-noise-only": mem3.apply(train, trigger=False),
         "random-id-trigger": random_id.apply(train),
     }
-    config = preset.hacker_config()
-    results: dict[str, ArmResult] = {}
-    for name, data in tqdm(arms.items(), desc="hackers", disable=not progress, unit="hacker"):
-        results[name] = run_arm(name, data, test, config, out / "hackers", preset.hacker_model, device, progress)
-        stages[f"hacker {name}"] = results[name].seconds
+    hacker = Hacker(preset.hacker_model, preset.hacker_config())
     stripped = StrippedView(mem3.apply(train), 3)
-    if _same_training_data(stripped, arms["mem-3-noise-only"], train, config.batch_size):
+    stripping_is_noise_only = _same_training_data(stripped, arms["mem-3-noise-only"], train, hacker.config.batch_size)
+    if not stripping_is_noise_only:
+        arms["mem-3-stripped"] = stripped
+    grid = run_grid(arms, test, [hacker], out, device=device, progress=progress)
+    results: dict[str, ArmResult] = {name: runs[0] for name, runs in grid.runs[hacker.label].items()}
+    if stripping_is_noise_only:
         results["mem-3-stripped"] = ArmResult("mem-3-stripped", results["mem-3-noise-only"].history, 0.0,
                                               note="stripping the 3 trigger tokens gives exactly the noise-only training data (checked token by token)")
-    else:
-        results["mem-3-stripped"] = run_arm("mem-3-stripped", stripped, test, config, out / "hackers", preset.hacker_model, device, progress)
+    stages |= {f"hacker {name}": result.seconds for name, result in results.items()}
     return distributed.main_only(lambda: _write_results(out, preset, results, protections, train, test, stages))
 
 

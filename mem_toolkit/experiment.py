@@ -19,6 +19,7 @@ import numpy as np
 from . import distributed
 from .data.dataset import CaptionDataset
 from .errors import ResumeMismatch
+from .intervals import format_cell
 from .metrics import random_guess_metrics
 from .models import ClipModel, create_model, resolve_device
 from .protect import ProtectedDataset, Protection, Protector, StrippedView
@@ -174,16 +175,18 @@ def random_guess(test: CaptionDataset) -> dict[str, float]:
     return random_guess_metrics(np.bincount(test.group_ids, minlength=test.n_images))
 
 
-def results_table(results: Mapping[str, Mapping | History | ArmResult], test: CaptionDataset, title: str = "") -> str:
+def results_table(results: Mapping[str, Mapping | History | ArmResult], test: CaptionDataset | Mapping[str, float], title: str = "") -> str:
     """Markdown table in the paper's layout (i2t and t2i R@1/5/10 and MedR) with a random-guess row.
 
-    Each result is a metrics dict, or a History / ArmResult whose final epoch is used.
+    Each result is a metrics dict (values, or Intervals over seeds: `mean ± half-width`), or a
+    History / ArmResult whose final epoch is used. `test` is the test set, or its random-guess metrics.
     """
     head = "| method | " + " | ".join(f"{d} {m}" for d, m in TABLE_COLUMNS) + " |"
     rule = "|---|" + "---:|" * len(TABLE_COLUMNS)
     lines = ([f"**{title}**", ""] if title else []) + [head, rule]
-    for name, result in list(results.items()) + [("random guess", random_guess(test))]:
+    random = random_guess(test) if isinstance(test, CaptionDataset) else test
+    for name, result in list(results.items()) + [("random guess", random)]:
         metrics = result.final if isinstance(result, (History, ArmResult)) else result
-        cells = [f"{metrics[f'{d}_{m}']:.0f}" if m == "MedR" else f"{metrics[f'{d}_{m}']:.1f}" for d, m in TABLE_COLUMNS]
+        cells = [format_cell(metrics[f"{d}_{m}"], m) for d, m in TABLE_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -10,7 +10,6 @@ resumes and a finished one is reread, not recomputed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -20,16 +19,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import distributed
 from .data.faces import make_faces
 from .data.identity import FaceData, load_identity_csv, load_identity_folder
 from .errors import DataError, Problem
-from .experiment import protect_cached, run_arm
+from .experiment import protect_cached
 from .face_metrics import evaluate_faces
 from .models import ClipModel, create_model, load_model, resolve_device
 from .protect import MEM, Protection
+from .studies.grid import Hacker, run_grid
 from .train import History, TrainConfig, write_json
 
 # Tuned on the synthetic faces (README, "Face case study"): a 16-word trigger vocabulary, a short-lived surrogate
@@ -136,7 +135,8 @@ def train_hackers(face_data: FaceData, arms: Mapping, preset: FacesPreset, out_d
     """Train one fresh hacker per architecture and arm with the same budget, and evaluate it on the clean test faces.
 
     `hacker_weights[architecture]` starts that architecture from given weights (the paper fine-tunes
-    pretrained CLIPs); others train from scratch. Finished hackers are reread from `out_dir/hackers`.
+    pretrained CLIPs); others train from scratch. Finished hackers are reread from `out_dir/hackers`
+    (the study grid, `mem_toolkit.studies`); rank 0 evaluates under torchrun.
     """
     hacker_weights = dict(hacker_weights or {})
     stray = sorted(set(hacker_weights) - set(hackers))
@@ -144,22 +144,15 @@ def train_hackers(face_data: FaceData, arms: Mapping, preset: FacesPreset, out_d
         raise ValueError(f"weights given for {stray}, which are not among the hackers {list(hackers)}")
     config = preset.hacker_config()
     device = resolve_device(device)
+    study_hackers = [Hacker(a, config, None if hacker_weights.get(a) is None else str(hacker_weights[a])) for a in hackers]
+    grid = run_grid(arms, face_data.test, study_hackers, out_dir, device=device, progress=progress)
     results: dict[str, dict[str, HackerResult]] = {}
-    jobs = [(architecture, arm) for architecture in hackers for arm in arms]
-    for architecture, arm in tqdm(jobs, desc="hackers", disable=not progress, unit="hacker"):
-        weights = hacker_weights.get(architecture)
-        folder = Path(out_dir) / "hackers" / _hacker_key(architecture, weights)
-        run = run_arm(arm, arms[arm], face_data.test, config, folder, architecture, device, progress, pretrained=weights)
-        metrics = distributed.main_only(lambda: _evaluation(folder / arm, len(run.history.epochs), face_data, device))
-        results.setdefault(architecture, {})[arm] = HackerResult(architecture, arm, metrics, run.history, run.seconds, folder / arm)
+    for hacker in study_hackers:
+        for arm, (run,) in grid.runs[hacker.label].items():
+            metrics = distributed.main_only(lambda: _evaluation(run.folder, len(run.history.epochs), face_data, device))
+            results.setdefault(hacker.architecture, {})[arm] = HackerResult(hacker.architecture, arm, metrics, run.history, run.seconds,
+                                                                            run.folder)
     return results
-
-
-def _hacker_key(architecture: str, weights: str | os.PathLike | None) -> str:
-    """Run folder of an architecture: its name, plus a digest of the starting weights when fine-tuning."""
-    if weights is None:
-        return architecture
-    return f"{architecture}-from-{hashlib.sha1(str(weights).encode()).hexdigest()[:8]}"
 
 
 def _evaluation(run_folder: Path, epochs: int, face_data: FaceData, device) -> dict:

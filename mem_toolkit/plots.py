@@ -76,6 +76,26 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     return fig
 
 
+# -- tables as heat maps (transferability, robustness) ---------------------------------------------
+def plot_heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], metric: str, random: float, xlabel: str,
+                 save: str | os.PathLike | None = None) -> Figure:
+    """One metric of a study's table as a heat map, every value written in its cell; the title gives random guessing."""
+    with paper_style():
+        fig = Figure(figsize=(max(COLUMN_WIDTH, 1.2 * len(columns) + 1.8), 0.45 * len(rows) + 1.1), layout="constrained")
+        ax = fig.subplots()
+        image = ax.imshow(values, cmap="viridis", aspect="auto")
+        for (i, j), value in np.ndenumerate(values):
+            ink = "white" if value < values.mean() else "black"
+            ax.text(j, i, f"{value:.0f}" if metric.endswith("MedR") else f"{value:.1f}", ha="center", va="center", color=ink)
+        ax.set_xticks(range(len(columns)), list(columns), rotation=30 if len(columns) > 4 else 0, ha="right" if len(columns) > 4 else "center")
+        ax.set_yticks(range(len(rows)), list(rows))
+        ax.set_xlabel(xlabel)
+        ax.grid(False)
+        ax.set_title(f"{metric_label(metric)}; random guess {random:.1f}")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    return _finish(fig, save)
+
+
 # -- training curves (paper Fig. 4) ---------------------------------------------------------------
 def load_history(run: History | Mapping | str | os.PathLike) -> History:
     """A `History` from itself, its dict, a `history.json` path, or a run folder holding one."""

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .data.dataset import CaptionDataset
 from .experiment import random_guess, results_table
-from .plots import COLUMN_WIDTH, metric_label, paper_style, save_figure
+from .plots import plot_heatmap
 from .protect import Protector
 from .train import TrainConfig, write_json
 from .workspace import Workspace
@@ -86,22 +86,7 @@ class TransferResult:
         """Heat map of one metric: surrogate rows and the clean reference against hacker columns, values written in."""
         rows = {label: cells for label, cells in self.rows().items() if label != RANDOM_ROW}
         values = np.array([[cells[h][metric] for h in self.hackers] for cells in rows.values()])
-        with paper_style():
-            fig = Figure(figsize=(max(COLUMN_WIDTH, 1.2 * len(self.hackers) + 1.8), 0.45 * len(rows) + 1.1), layout="constrained")
-            ax = fig.subplots()
-            image = ax.imshow(values, cmap="viridis", aspect="auto")
-            for (i, j), value in np.ndenumerate(values):
-                ink = "white" if value < values.mean() else "black"
-                ax.text(j, i, f"{value:.0f}" if metric.endswith("MedR") else f"{value:.1f}", ha="center", va="center", color=ink)
-            ax.set_xticks(range(len(self.hackers)), self.hackers)
-            ax.set_yticks(range(len(rows)), list(rows))
-            ax.set_xlabel("hacker architecture")
-            ax.grid(False)
-            ax.set_title(f"{metric_label(metric)}; random guess {self.random[metric]:.1f}")
-            fig.colorbar(image, ax=ax, shrink=0.8)
-        if save is not None:
-            save_figure(fig, save)
-        return fig
+        return plot_heatmap(values, list(rows), self.hackers, metric, self.random[metric], xlabel="hacker architecture", save=save)
 
 
 def run_transfer(

@@ -10,7 +10,9 @@ import pytest
 from mem_toolkit.cli import main
 from mem_toolkit.faces_cli import parse_hacker_weights
 from mem_toolkit.faces_study import PRESETS, load_face_data, run_faces_study
-from mem_toolkit.models import create_model
+from mem_toolkit.experiment import run_arm
+from mem_toolkit.face_metrics import evaluate_faces
+from mem_toolkit.models import create_model, load_model
 from mem_toolkit.protect import Protection
 
 SMOKE = PRESETS["smoke"]
@@ -52,11 +54,21 @@ def test_study_writes_table_3_metrics_and_figures(study):
     assert json.loads((out / "names.json").read_text())["pseudonyms"]
 
 
+def test_study_grid_gives_what_one_hacker_trained_on_its_own_gives(study, tmp_path):
+    """The shared study grid changes where runs live, not what they compute: MEM-3's ResNet hacker, trained here directly
+    as the study did before the grid (run_arm, then the face evaluation), has the study's metrics exactly."""
+    out, results = study
+    face_data = load_face_data("synthetic", SMOKE, progress=False)
+    arm = Protection.load(out / "protections" / "mem-3").apply(face_data.train)
+    run = run_arm("mem-3", arm, face_data.test, SMOKE.hacker_config(), tmp_path, "mem-tiny-rn", "cpu", progress=False)
+    assert evaluate_faces(load_model(run.folder / "model.safetensors"), face_data) == results["hackers"]["mem-tiny-rn"]["arms"]["mem-3"]["metrics"]
+
+
 def test_study_resumes_from_its_cache(study):
     out, results = study
     # an interrupted run: one hacker saved its model but never recorded its finish nor its evaluation (it is reread,
     # not retrained), and one protection is gone (its resume state went with the finished save, so it is redone, identically)
-    unfinished = out / "hackers" / "mem-tiny-vit" / "mem-5"
+    unfinished = out / "hackers" / "mem-tiny-vit" / "seed0" / "mem-5"
     (unfinished / "arm.json").write_text(json.dumps(json.loads((unfinished / "arm.json").read_text()) | {"seconds": None}))
     (unfinished / "faces_eval.json").unlink()
     weights_written = (unfinished / "model.safetensors").stat().st_mtime_ns
@@ -105,7 +117,7 @@ def test_cli_fine_tunes_a_hacker_from_given_weights(tmp_path, capsys):
     runs = [p.name for p in (out / "hackers").iterdir()]
     assert len(runs) == 1 and runs[0].startswith("mem-tiny-rn-from-")
     # the hacker started from the given weights: one epoch moved it only a little away from them
-    trained = create_model("mem-tiny-rn", pretrained=out / "hackers" / runs[0] / "clean" / "model.safetensors")
+    trained = create_model("mem-tiny-rn", pretrained=out / "hackers" / runs[0] / "seed0" / "clean" / "model.safetensors")
     scratch = create_model("mem-tiny-rn", seed=SMOKE.hacker_config().seed)  # where a hacker from scratch would start
     distance = lambda a, b: sum(float((p - q).detach().norm()) for p, q in zip(a.parameters(), b.parameters()))  # noqa: E731
     assert distance(trained, start) < distance(trained, scratch) / 2

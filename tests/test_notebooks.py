@@ -11,7 +11,8 @@ import pytest
 from mem_toolkit.notebooks import FAST_ENV, FIGURES_ENV, RUN_DIR_ENV, execute_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["01_quickstart", "02_training_curves", "03_transferability", "04_attention_maps", "05_tsne", "06_explorer", "face_case_study"]
+NAMES = ["01_quickstart", "02_training_curves", "03_transferability", "04_attention_maps", "05_tsne", "06_explorer", "07_robustness",
+         "face_case_study"]
 # How each notebook is pointed at the user's own data (in its parameters cell, explained in its first markdown cell).
 YOUR_DATA = {"face_case_study": ["DATA"]}
 # Statements that would make a notebook hold algorithm code instead of calling the library.
@@ -106,6 +107,14 @@ def test_attention_maps(executed):
 def test_tsne(executed):
     notebook, figures = executed("05_tsne")
     assert _written(figures / "tsne.png") and len(_outputs(notebook, "image/png")) == 1
+
+
+def test_robustness(executed):
+    notebook, figures = executed("07_robustness")
+    assert _written(figures / "robustness.png") and len(_outputs(notebook, "image/png")) == 1
+    [tables] = _outputs(notebook, "text/markdown")
+    assert _table_rows(tables.split("\n\n")[0]) == ["i2t: R@1 / R@10 / MedR", "clean", "mem-3", "random guess"]
+    assert "| t2i: R@1 / R@10 / MedR | none | jpeg75 | crop-flip | pretrained |" in tables
 
 
 def test_explorer(executed):

@@ -1,0 +1,90 @@
+"""The study layer: intervals over seeds, the arms x hackers x seeds grid, and the robustness study end to end at a tiny size."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mem_toolkit.cli import main
+from mem_toolkit.data import make_shapes_split
+from mem_toolkit.data.loaders import load_caption_csv
+from mem_toolkit.intervals import interval, intervals
+from mem_toolkit.studies import Arm, Hacker, run_grid
+from mem_toolkit.studies.robustness import CLEAN, NO_DEFENCE, PRESETS, PRETRAINED, arm_name, run_robustness
+from mem_toolkit.train import TrainConfig
+
+
+def test_interval_is_students_t_over_seeds_and_prints_without_spread_for_one_seed():
+    three = interval([10.0, 12.0, 17.0])
+    expected = stats.t.ppf(0.975, 2) * np.std([10, 12, 17], ddof=1) / np.sqrt(3)
+    assert three.mean == pytest.approx(13.0) and three.half_width == pytest.approx(expected)
+    assert three.low == pytest.approx(13.0 - expected) and three.format() == f"13.0 ± {expected:.1f}"
+    one = interval([4.0])
+    assert one.half_width == 0 and one.format() == "4.0"
+    summary = intervals([{"a": 1.0, "b": 2.0, "name": "x"}, {"a": 3.0, "b": 2.0, "name": "y"}])
+    assert set(summary) == {"a", "b"} and summary["b"].half_width == 0 and summary["a"].mean == 2.0
+    with pytest.raises(ValueError):
+        interval([])
+
+
+def test_grid_trains_each_hacker_on_each_arm_per_seed_reports_intervals_and_rereads_finished_runs(tmp_path):
+    train, test = make_shapes_split(16, 8, 64, seed=2)
+    hacker = Hacker("mem-tiny-vit", TrainConfig(epochs=1, batch_size=20, seed=5))
+    arms = {"clean": train, "half": Arm(train.select_images(range(8)))}
+    grid = run_grid(arms, test, [hacker], tmp_path, seeds=[0, 1], progress=False)
+    runs = grid.runs["mem-tiny-vit"]
+    assert list(runs) == ["clean", "half"] and all(len(seeded) == 2 for seeded in runs.values())
+    assert [r.history.config["seed"] for r in runs["clean"]] == [5, 6]  # seed s moves the hacker's seed by s
+    assert runs["clean"][0].history.step_loss != runs["clean"][1].history.step_loss
+    summary = grid.summary("mem-tiny-vit", "clean")
+    assert summary["i2t_R@1"].mean == pytest.approx(np.mean([f["i2t_R@1"] for f in grid.finals("mem-tiny-vit", "clean")]))
+    table = grid.table("mem-tiny-vit", {"clean": "clean data", "half": "half the photos"})
+    assert "| clean data |" in table and "| half the photos |" in table and "| random guess |" in table and " ± " in table
+    saved = json.loads(json.dumps(grid.to_dict()))
+    assert saved["runs"]["mem-tiny-vit"]["half"]["summary"]["t2i_R@1"]["values"] == [f["t2i_R@1"] for f in grid.finals("mem-tiny-vit", "half")]
+    again = run_grid(arms, test, [hacker], tmp_path, seeds=[0, 1], progress=False)
+    assert [r.seconds for r in again.runs["mem-tiny-vit"]["clean"]] == [r.seconds for r in runs["clean"]]  # reread, not retrained
+    tuned = Hacker("mem-tiny-vit", replace(hacker.config, epochs=2))
+    assert tuned.key == hacker.key and Hacker("mem-tiny-vit", hacker.config, pretrained="w.safetensors").key != hacker.key
+
+
+SMOKE = PRESETS["smoke"]
+
+
+def test_robustness_defends_the_published_files_trains_every_cell_and_resumes(tmp_path):
+    result = run_robustness(tmp_path, SMOKE, progress=False)
+    assert result.sources == [CLEAN, "mem-3"] and result.columns == [NO_DEFENCE, "jpeg75", "crop-flip", PRETRAINED]
+    runs = result.grid.runs["mem-tiny-rn"]
+    assert len(runs) == 8
+    records = {name: json.loads((run[0].folder / "arm.json").read_text()) for name, run in runs.items()}
+    assert all(r["pretrained"] is None for name, r in records.items() if not name.endswith(PRETRAINED))
+    assert all(r["pretrained"].endswith("model.safetensors") for name, r in records.items() if name.endswith(PRETRAINED))
+    assert all(r["config"].get("augment") == "crop-flip" for name, r in records.items() if name.endswith("crop-flip"))
+    assert not any("augment" in r["config"] for name, r in records.items() if not name.endswith("crop-flip"))
+    # the hacker of a file defence trains on the defended files, which differ from the published ones
+    published = load_caption_csv(tmp_path / "published" / "mem-3" / "captions.csv", 64).preload(progress=False)
+    defended = load_caption_csv(tmp_path / "defended" / "mem-3" / "jpeg75" / "captions.csv", 64).preload(progress=False)
+    assert published.captions == defended.captions
+    difference = np.abs(published.images(range(published.n_images)).astype(int) - defended.images(range(defended.n_images)).astype(int))
+    assert 0 < difference.mean() and difference.max() > 3
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["cells"]["mem-3"]) == set(result.columns) and "i2t_R@10" in saved["cells"][CLEAN]["jpeg75"]
+    assert saved["cells"]["mem-3"]["jpeg75"]["t2i_R@1"]["mean"] == result.cell("mem-3", "jpeg75")["t2i_R@1"].mean
+    assert set(saved["checks"]) == {f"{c}, {d}: mem-3 R@1 <= 1/2 clean R@1 under the same defence"
+                                    for c in ("jpeg75", "crop-flip", PRETRAINED) for d in ("i2t", "t2i")}
+    table = (tmp_path / "results.md").read_text()
+    assert "| mem-3 |" in table and "| random guess |" in table and "| i2t: R@1 / R@10 / MedR | none |" in table
+    assert (tmp_path / "figures" / "robustness_t2i_R1.png").stat().st_size > 1000
+    again = run_robustness(tmp_path, SMOKE, progress=False)
+    assert again.stage_seconds["hackers"] == result.stage_seconds["hackers"] and again.stage_seconds["protect mem-3"] < 5
+    assert again.cell("mem-3", PRETRAINED)["i2t_R@1"].mean == result.cell("mem-3", PRETRAINED)["i2t_R@1"].mean
+    assert arm_name("mem-3", "jpeg75") in runs
+
+
+def test_robustness_command_refuses_an_unknown_preset(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["robustness", "--out", "x", "--preset", "huge"])
+    assert exit_info.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
