@@ -19,7 +19,8 @@ import torch
 
 from mem_toolkit.data import Difficulty, make_shapes_split
 from mem_toolkit.models import create_model
-from mem_toolkit.train import History, TrainConfig, train_clip, write_json
+from mem_toolkit.train import History, TrainConfig, train_clip
+from mem_toolkit.atomic import write_json
 
 TARGET_R10 = 50.0
 

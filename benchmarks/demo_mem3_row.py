@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 
 from mem_toolkit.data.shapes import make_shapes_split  # noqa: E402
-from mem_toolkit.demo import PRESETS  # noqa: E402
+from mem_toolkit.studies.demo import PRESETS  # noqa: E402
 from mem_toolkit.experiment import run_arm  # noqa: E402
 from mem_toolkit.protect import MEM  # noqa: E402
 

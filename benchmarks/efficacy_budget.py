@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 
 from mem_toolkit.data.shapes import make_shapes_split  # noqa: E402
-from mem_toolkit.demo import PRESETS, DemoPreset  # noqa: E402
+from mem_toolkit.studies.demo import PRESETS, DemoPreset  # noqa: E402
 from mem_toolkit.experiment import protect_cached, results_table, run_arm  # noqa: E402
 from mem_toolkit.metrics import random_guess_metrics  # noqa: E402
 from mem_toolkit.protect import EM, MEM, UAP, Protector  # noqa: E402

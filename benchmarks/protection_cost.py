@@ -23,7 +23,7 @@ from _common import MemorySampler, machine, write_result  # noqa: E402
 from mem_toolkit.data.loaders import load_caption_csv  # noqa: E402
 from mem_toolkit.data.shapes import make_shapes  # noqa: E402
 from mem_toolkit.data.writer import write_dataset  # noqa: E402
-from mem_toolkit.demo import PRESETS  # noqa: E402
+from mem_toolkit.studies.demo import PRESETS  # noqa: E402
 from mem_toolkit.models import create_model  # noqa: E402
 from mem_toolkit.protect import MEM  # noqa: E402
 

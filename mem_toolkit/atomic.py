@@ -1,9 +1,10 @@
 """Atomic file writes: a temp file, fsync, rename; a failed write (a full disk) leaves the old file as it was."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .errors import OutputError
 
@@ -34,3 +35,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], sync: b
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomic UTF-8 text write."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | os.PathLike, data: dict | Sequence) -> None:
+    """Atomic JSON write (temp file + rename); a failed write leaves the previous file as it was."""
+    write_text(path, json.dumps(data, indent=2))

@@ -13,7 +13,7 @@ from .augment import AUGMENTATIONS
 from .cli_data import add_data_args, load_source, recorded_source, test_source, train_source
 from .data.pubfig import register_prepare
 from .errors import DataError, DefenceError, OutputError, ProtectionError, ResumeMismatch, UsageError
-from .faces_cli import register_faces
+from .studies.faces_cli import register_faces
 from .lock import FolderLocked, output_lock
 
 
@@ -75,7 +75,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_retrieval
     from .models import load_model, resolve_device
-    from .train import write_json
+    from .atomic import write_json
 
     source = test_source(args, required=True)
     model = load_model(args.checkpoint, resolve_device(args.device))
@@ -162,7 +162,7 @@ def cmd_export(args) -> int:
 
 def cmd_verify(args) -> int:
     from .experiment import results_table, run_arm
-    from .train import write_json
+    from .atomic import write_json
 
     out = Path(args.out or Path(args.protection) / "verify")
     with output_lock(out):
@@ -191,7 +191,7 @@ def cmd_defend(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .studies.demo import run_demo
 
     results = run_demo(args.out, args.preset, device=args.device)
     print(results["table"])

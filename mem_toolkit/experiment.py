@@ -17,13 +17,14 @@ from typing import Mapping
 import numpy as np
 
 from . import distributed
+from .atomic import write_json
 from .data.dataset import CaptionDataset
 from .errors import ResumeMismatch
 from .intervals import format_cell
 from .metrics import random_guess_metrics
 from .models import ClipModel, create_model, resolve_device
 from .protect import ProtectedDataset, Protection, Protector, StrippedView
-from .train import History, PairSource, TrainConfig, train_run, write_json
+from .train import History, PairSource, TrainConfig, train_run
 
 TABLE_COLUMNS = [("i2t", "R@1"), ("i2t", "R@5"), ("i2t", "R@10"), ("i2t", "MedR"), ("t2i", "R@1"), ("t2i", "R@5"), ("t2i", "R@10"), ("t2i", "MedR")]
 

@@ -7,7 +7,6 @@ trigger_len)` each return an `Explanation`, which `Explanation.plot()` draws.
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -46,12 +45,6 @@ class Explanation:
     def modality(self) -> str:
         """`image` (a heat map over pixels) or `text` (one value per token)."""
         return "image" if self.attribution.ndim == 2 else "text"
-
-    def plot(self, save: str | os.PathLike | None = None, **options):
-        """Draw it (`plots.plot_explanation`): the heat map over the image, or the caption coloured by token attribution."""
-        from .plots import plot_explanation
-
-        return plot_explanation(self, save=save, **options)
 
 
 class ImageTextSimilarity:

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .atomic import write_text
 from . import distributed
+from .atomic import write_json
 from .augment import AUGMENTATIONS, crop_flip, crop_flip_params
 from .checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
 from .data.dataset import CaptionDataset
@@ -101,11 +101,6 @@ class History:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "History":
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-def write_json(path: str | os.PathLike, data: dict | Sequence) -> None:
-    """Atomic JSON write (temp file + rename); a failed write leaves the previous file as it was."""
-    write_text(path, json.dumps(data, indent=2))
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from mem_toolkit.data import make_shapes_split
-from mem_toolkit.demo import METHOD_ORDER, DemoPreset, run_demo
+from mem_toolkit.studies.demo import METHOD_ORDER, DemoPreset, run_demo
 from mem_toolkit.experiment import run_arm
 from mem_toolkit.protect import Protection
 

@@ -22,7 +22,7 @@ from mem_toolkit import distributed
 from mem_toolkit.checkpoint import load_state
 from mem_toolkit.cli import main
 from mem_toolkit.data.shapes import make_shapes
-from mem_toolkit.demo import METHOD_ORDER
+from mem_toolkit.studies.demo import METHOD_ORDER
 from mem_toolkit.loss import clip_loss
 from mem_toolkit.models import create_model
 from mem_toolkit.protect import Protection
@@ -212,21 +212,21 @@ def test_commands_that_run_in_one_process_refuse_several(data, tmp_path):
 
 # -- the studies -----------------------------------------------------------------------------------
 
-def test_demo_transfer_and_face_study_run_on_two_processes(tmp_path):
+def test_the_studies_run_on_two_processes(tmp_path):
     """Every process runs the study; protections and hackers are distributed, rank 0 alone writes and prints."""
     script = tmp_path / "demo_two.py"
     script.write_text("import sys\n"
                       f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
                       "from test_demo import TINY\n"
                       "from mem_toolkit import distributed\n"
-                      "from mem_toolkit.demo import run_demo\n"
+                      "from mem_toolkit.studies.demo import run_demo\n"
                       "distributed.init()\n"
                       "results = run_demo(sys.argv[1], TINY, progress=False)\n"
                       "print('rank', distributed.rank(), 'methods', len(results['methods']))\n"
                       "from mem_toolkit.data import make_shapes_split\n"
                       "from mem_toolkit.protect import MEM\n"
                       "from mem_toolkit.train import TrainConfig\n"
-                      "from mem_toolkit.transfer import run_transfer\n"
+                      "from mem_toolkit.studies.transfer import run_transfer\n"
                       "train, test = make_shapes_split(16, 8, 64, seed=2)\n"
                       "protector = MEM(2, rounds=1, surrogate_steps=2, pgd_steps=1, trigger_rounds=1, candidates=3, batch_size=40)\n"
                       "table = run_transfer(protector, train, test, ['mem-tiny-rn'], ['mem-tiny-vit'], TrainConfig(epochs=1, batch_size=40),\n"
@@ -247,6 +247,12 @@ def test_demo_transfer_and_face_study_run_on_two_processes(tmp_path):
     assert len(transfer) == 2 and transfer[0] == transfer[1]  # both ranks return the same table
     protections = list((tmp_path / "transfer" / "protections").glob("*/protection.json"))
     assert len(protections) == 1 and json.loads(protections[0].read_text())["diagnostics"][0]["processes"] == 2
+
+    robustness = _run(["robustness", "--out", str(tmp_path / "robustness"), "--preset", "smoke"])
+    assert robustness.stdout.count("| mem-3 |") == 1  # printed by rank 0 only
+    saved = json.loads((tmp_path / "robustness" / "results.json").read_text())
+    assert set(saved["cells"]["mem-3"]) == {"none", "jpeg75", "crop-flip", "pretrained"}
+    assert json.loads((tmp_path / "robustness" / "protections" / "mem-3" / "protection.json").read_text())["diagnostics"][0]["processes"] == 2
 
     faces = _run(["faces", "--out", str(tmp_path / "faces"), "--preset", "smoke", "--hackers", "mem-tiny-vit"])
     assert faces.stdout.count("| MEM-3 |") == 2  # the table and the control table, printed by rank 0 only

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mem_toolkit.demo import ordering_checks
+from mem_toolkit.studies.demo import ordering_checks
 from mem_toolkit.experiment import results_table
 from mem_toolkit.protect import random_id_protection
 from mem_toolkit.protect.vocabulary import allowed_trigger_tokens
@@ -70,7 +70,7 @@ def test_ordering_checks_follow_the_issue_targets():
 def test_cached_arms_and_protections_are_reused_only_for_the_same_inputs(tiny_shapes, tmp_path):
     import json
 
-    from mem_toolkit.demo import protect_cached
+    from mem_toolkit.studies.demo import protect_cached
     from mem_toolkit.experiment import run_arm
     from mem_toolkit.protect import EM
     from mem_toolkit.train import TrainConfig

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mem_toolkit.data.faces import make_faces
 from mem_toolkit.evaluate import encode_dataset, evaluate_retrieval
-from mem_toolkit.face_metrics import evaluate_faces, identification_metrics, identify, name_features
+from mem_toolkit.studies.face_metrics import evaluate_faces, identification_metrics, identify, name_features
 from mem_toolkit.metrics import retrieval_metrics
 from mem_toolkit.models import create_model
 

@@ -9,7 +9,7 @@ import torch
 from mem_toolkit.cli import main
 from mem_toolkit.data.faces import make_faces
 from mem_toolkit.data.identity import load_identity_folder
-from mem_toolkit.face_metrics import evaluate_faces
+from mem_toolkit.studies.face_metrics import evaluate_faces
 from mem_toolkit.models import create_model
 from mem_toolkit.train import TrainConfig, train_clip
 

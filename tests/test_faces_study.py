@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from mem_toolkit.cli import main
-from mem_toolkit.faces_cli import parse_hacker_weights
-from mem_toolkit.faces_study import PRESETS, load_face_data, run_faces_study
+from mem_toolkit.studies.faces_cli import parse_hacker_weights
+from mem_toolkit.studies.faces import PRESETS, load_face_data, run_faces_study
 from mem_toolkit.experiment import run_arm
-from mem_toolkit.face_metrics import evaluate_faces
+from mem_toolkit.studies.face_metrics import evaluate_faces
 from mem_toolkit.models import create_model, load_model
 from mem_toolkit.protect import Protection
 

@@ -151,7 +151,7 @@ def test_attention_figures(model, shapes, tmp_path):
     labels = [t for t in fig.axes[0].texts if t.get_text() == "trigger"]
     boxed = [t.get_text() for t in fig.axes[0].texts if t.get_bbox_patch() is not None and t.get_bbox_patch().get_linewidth() > 0]
     assert len(labels) == 2 and boxed == ["apple", "zebra"]
-    assert isinstance(text.plot(save=tmp_path / "one.svg"), Figure) and _written(tmp_path / "one.svg")
+    assert isinstance(plots.plot_explanation(text, save=tmp_path / "one.svg"), Figure) and _written(tmp_path / "one.svg")
     with pytest.raises(ValueError, match="not text explanations"):
         plots.plot_token_attention(heat)
 

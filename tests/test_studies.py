@@ -12,7 +12,7 @@ from mem_toolkit.cli import main
 from mem_toolkit.data import make_shapes_split
 from mem_toolkit.data.loaders import load_caption_csv
 from mem_toolkit.intervals import interval, intervals
-from mem_toolkit.studies import Arm, Hacker, run_grid
+from mem_toolkit.studies.grid import Arm, Hacker, run_grid
 from mem_toolkit.studies.robustness import CLEAN, NO_DEFENCE, PRESETS, PRETRAINED, arm_name, run_robustness
 from mem_toolkit.train import TrainConfig
 

@@ -11,7 +11,7 @@ from mem_toolkit.data import make_shapes_split
 from mem_toolkit.experiment import random_guess
 from mem_toolkit.protect import MEM, Protection
 from mem_toolkit.train import TrainConfig
-from mem_toolkit.transfer import CLEAN_ROW, RANDOM_ROW, TransferResult, check_architectures, run_transfer
+from mem_toolkit.studies.transfer import CLEAN_ROW, RANDOM_ROW, TransferResult, check_architectures, run_transfer
 from mem_toolkit.workspace import Workspace
 
 ARCHS = ["mem-tiny-rn", "mem-tiny-vit"]

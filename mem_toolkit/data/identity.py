@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..atomic import write_json
 from ..errors import DataError, Problem
 from .dataset import CaptionDataset
 from .loaders import build_dataset, read_csv_entries
@@ -85,7 +86,6 @@ class FaceData:
 
     def save_names(self, path: str | os.PathLike) -> None:
         """Write the renaming (label -> pseudonym), seed and templates as JSON, to trace results back to people."""
-        from ..train import write_json  # late: train imports the data package
 
         write_json(path, {"seed": self.seed, "templates": list(self.templates), "pseudonyms": self.pseudonyms()})
 

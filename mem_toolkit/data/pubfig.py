@@ -28,6 +28,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..atomic import write_json
 from ..errors import DataError, Problem
 from .images import image_file_problem
 
@@ -284,7 +285,6 @@ def prepare_pubfig(urls_file: str | os.PathLike, out_dir: str | os.PathLike, set
     finally:
         pool.shutdown(wait=True)
         report.failures.sort(key=lambda f: f["line"])
-        from ..train import write_json  # late: train imports the data package
 
         write_json(out / REPORT_NAME, report.to_dict())
     return report

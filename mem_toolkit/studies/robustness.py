@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..atomic import write_json
 from ..data.dataset import CaptionDataset
 from ..data.loaders import load_caption_csv
 from ..data.shapes import make_shapes_split
@@ -29,7 +30,7 @@ from ..experiment import cache_key, protect_cached, protection_digest, run_arm
 from ..intervals import Interval
 from ..protect import EM, MEM, UAP, Protection, random_id_protection
 from ..protect.export import export_protection
-from ..train import TrainConfig, write_json
+from ..train import TrainConfig
 from .grid import Arm, GridResult, Hacker, run_grid
 
 NO_DEFENCE = "none"

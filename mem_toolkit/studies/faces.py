@@ -20,16 +20,17 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from . import distributed
-from .data.faces import make_faces
-from .data.identity import FaceData, load_identity_csv, load_identity_folder
-from .errors import DataError, Problem
-from .experiment import protect_cached
+from .. import distributed
+from ..atomic import write_json
+from ..data.faces import make_faces
+from ..data.identity import FaceData, load_identity_csv, load_identity_folder
+from ..errors import DataError, Problem
+from ..experiment import protect_cached
+from ..models import ClipModel, create_model, load_model, resolve_device
+from ..protect import MEM, Protection
+from ..train import History, TrainConfig
 from .face_metrics import evaluate_faces
-from .models import ClipModel, create_model, load_model, resolve_device
-from .protect import MEM, Protection
-from .studies.grid import Hacker, run_grid
-from .train import History, TrainConfig, write_json
+from .grid import Hacker, run_grid
 
 # Tuned on the synthetic faces (README, "Face case study"): a 16-word trigger vocabulary, a short-lived surrogate
 # restarted every round at a higher learning rate, and noise that starts as a code of the trigger.
@@ -269,7 +270,7 @@ def write_figures(folder: str | os.PathLike, face_data: FaceData, protections: M
     """Protected faces with their trigger captions, hacker curves, and attention maps before and after protection."""
     from matplotlib import pyplot as plt
 
-    from .plots import plot_curves, plot_noise_grid
+    from ..plots import plot_curves, plot_noise_grid
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -300,8 +301,8 @@ def attention_figures(folder: Path, face_data: FaceData, protection: Protection,
     """Grad-CAM on one person's clean test face (clean vs MEM-3 hacker) and on a protected photo; IG over a protected caption."""
     from matplotlib import pyplot as plt
 
-    from .explain import explain_image, explain_text
-    from .plots import plot_image_attention, plot_token_attention
+    from ..explain import explain_image, explain_text
+    from ..plots import plot_image_attention, plot_token_attention
 
     test, train = face_data.test, face_data.train
     test_image = int(np.flatnonzero(face_data.test_identity == person)[0])

@@ -42,7 +42,7 @@ def parse_hacker_weights(specs: Sequence[str], hackers: Sequence[str]) -> dict[s
 
 
 def cmd_faces(args) -> int:
-    from .faces_study import run_faces_study
+    from .faces import run_faces_study
 
     try:
         weights = parse_hacker_weights(args.pretrained, args.hackers)

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.identity import NEUTRAL_TEMPLATE, FaceData
-from .evaluate import encode_dataset
-from .metrics import random_guess_metrics, recall_at, retrieval_metrics
-from .models import ClipModel
+from ..data.identity import NEUTRAL_TEMPLATE, FaceData
+from ..evaluate import encode_dataset
+from ..metrics import random_guess_metrics, recall_at, retrieval_metrics
+from ..models import ClipModel
 
 TOP_KS = (1, 5)
 

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed
-from .data.shapes import make_shapes_split
-from .experiment import ArmResult, protect_cached, random_guess, results_table
-from .protect import EM, MEM, UAP, Protection, StrippedView, random_id_protection
-from .studies.grid import Hacker, run_grid
-from .text import CaptionTokenizer
-from .train import TrainConfig, write_json
+from .. import distributed
+from ..atomic import write_json
+from ..data.shapes import make_shapes_split
+from ..experiment import ArmResult, protect_cached, random_guess, results_table
+from ..protect import EM, MEM, UAP, Protection, StrippedView, random_id_protection
+from ..text import CaptionTokenizer
+from ..train import TrainConfig
+from .grid import Hacker, run_grid
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def _write_figures(out: Path, results: dict[str, ArmResult], protections: dict[s
     """Loss and retrieval curves of every hacker, and examples of each protection (clean, protected, noise, caption)."""
     from matplotlib import pyplot as plt
 
-    from .plots import plot_curves, plot_protection
+    from ..plots import plot_curves, plot_protection
 
     figures = out / "figures"
     figures.mkdir(exist_ok=True)

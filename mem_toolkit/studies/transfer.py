@@ -17,12 +17,13 @@ import open_clip
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from .data.dataset import CaptionDataset
-from .experiment import random_guess, results_table
-from .plots import plot_heatmap
-from .protect import Protector
-from .train import TrainConfig, write_json
-from .workspace import Workspace
+from ..atomic import write_json
+from ..data.dataset import CaptionDataset
+from ..experiment import random_guess, results_table
+from ..plots import plot_heatmap
+from ..protect import Protector
+from ..train import TrainConfig
+from ..workspace import Workspace
 
 CELL_METRICS = ("i2t_R@1", "i2t_R@10", "i2t_MedR", "t2i_R@1", "t2i_R@10", "t2i_MedR")
 CLEAN_ROW = "clean data (no protection)"
