@@ -95,7 +95,8 @@ def _protector(args):
         "granularity": args.granularity, "n_clusters": args.n_clusters, "cluster_size": args.cluster_size, "trigger_init": args.trigger_init,
         "surrogate_model": args.surrogate_model, "surrogate_epochs": args.surrogate_epochs, "seed": args.seed,
         "surrogate_lr": args.surrogate_lr, "surrogate_reset": args.surrogate_reset, "trigger_vocab_size": args.trigger_vocab_size,
-        "noise_init": args.noise_init, "step_size": args.step_size, "noise_block": args.noise_block,
+        "noise_init": args.noise_init, "step_size": args.step_size, "noise_block": args.noise_block, "eot": args.eot,
+        "strip_share": args.strip_share,
     }.items() if v is not None}
     if args.all_tokens:
         settings["exclude_caption_vocab"] = False
@@ -273,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--trigger-vocab-size", type=int, help="draw triggers from a seeded subset of N words (0: all allowed words)")
     protect.add_argument("--noise-init", choices=["zero", "uniform", "trigger-code"])
     protect.add_argument("--noise-block", type=int, help="keep the noise constant on N x N pixel squares (low-frequency noise)")
+    protect.add_argument("--eot", nargs="+", choices=["jpeg", "crop-flip"],
+                         help="optimise the noise through these hacker transformations, one drawn per PGD step (expectation over transformation)")
+    protect.add_argument("--strip-share", type=float, help="share of rows seen with the trigger deleted and their own caption (0-1)")
     protect.add_argument("--seed", type=int)
     protect.add_argument("--device", default="auto")
     protect.add_argument("--out", required=True, help="protection folder (work/ inside holds per-round checkpoints)")

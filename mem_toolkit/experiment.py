@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -23,7 +23,7 @@ from .errors import ResumeMismatch
 from .intervals import format_cell
 from .metrics import random_guess_metrics
 from .models import ClipModel, create_model, resolve_device
-from .protect import ProtectedDataset, Protection, Protector, StrippedView
+from .protect import ProtectConfig, ProtectedDataset, Protection, Protector, StrippedView
 from .train import History, PairSource, TrainConfig, train_run
 
 TABLE_COLUMNS = [("i2t", "R@1"), ("i2t", "R@5"), ("i2t", "R@10"), ("i2t", "MedR"), ("t2i", "R@1"), ("t2i", "R@5"), ("t2i", "R@10"), ("t2i", "MedR")]
@@ -166,9 +166,14 @@ def save_protection(protection: Protection, folder: Path) -> Protection:
 
 
 def same_settings(saved: dict, wanted: dict) -> bool:
-    """Whether a saved protection's config holds exactly the wanted settings (provenance entries aside)."""
+    """Whether a saved protection's config holds exactly the wanted settings (provenance entries aside).
+
+    A setting the saved config lacks was added to the toolkit after it was made, when the code did
+    what the setting's default does: it counts as that default.
+    """
     wanted = json.loads(json.dumps(wanted))
-    return all(saved.get(key) == value for key, value in wanted.items())
+    defaults = json.loads(json.dumps(asdict(ProtectConfig())))
+    return all(saved.get(key, defaults.get(key)) == value for key, value in wanted.items())
 
 
 def random_guess(test: CaptionDataset) -> dict[str, float]:

@@ -80,7 +80,7 @@ def test_reset_rounds_are_recorded_and_small_vocabulary_is_respected(tiny_shapes
 def test_strip_share_pairs_stripped_rows_with_their_own_caption_and_shuffles_the_rest(tiny_shapes):
     protector = MEM(3, strip_share=0.5, pgd_steps=4, shuffle=True)
     batches = [np.arange(40), np.arange(40, 72)]
-    orders = protector._caption_orders(batches, round_index=0)
+    orders = protector._caption_orders([(0, rows) for rows in batches], round_index=0)
     for rows, (order, stripped) in zip(batches, orders):
         assert order.shape == stripped.shape == (4, len(rows))
         assert 0.2 < stripped.mean() < 0.8
@@ -88,7 +88,7 @@ def test_strip_share_pairs_stripped_rows_with_their_own_caption_and_shuffles_the
             kept = np.flatnonzero(~stripped[step])
             assert np.array_equal(order[step][stripped[step]], np.flatnonzero(stripped[step]))  # EM's aligned pairs
             assert sorted(order[step][kept]) == kept.tolist() and not np.array_equal(order[step][kept], kept)  # MEM's shuffle
-    unstripped = MEM(3, pgd_steps=4, shuffle=True)._caption_orders(batches, round_index=0)
+    unstripped = MEM(3, pgd_steps=4, shuffle=True)._caption_orders([(0, rows) for rows in batches], round_index=0)
     legacy = np.random.default_rng([0, 0, 2])  # without strip_share: the orders of the earlier releases, bit for bit
     assert all(np.array_equal(o, np.stack([legacy.permutation(len(b)) for _ in range(4)])) and s is None
                for b, (o, s) in zip(batches, unstripped))

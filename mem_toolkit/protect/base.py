@@ -34,6 +34,7 @@ from ..models import ClipModel, create_model, resolve_device
 from ..train import adamw, contrastive_step
 from .artifact import Protection, ProtectedDataset
 from .diagnostics import shortcut_report
+from .eot import eot_transform
 from .hotflip import hotflip_step
 from .pgd import pgd_noise
 from .sharing import sharing_units, sweep_batches, sweep_rows
@@ -72,6 +73,7 @@ class ProtectConfig:
     code_block: int = 8  # noise_init="trigger-code" / "caption-code": side of the squares of each code pattern
     code_words: int = 3  # noise_init="caption-code": caption words coded per unit
     strip_share: float = 0.0  # share of rows seen with the trigger deleted and their own caption, in surrogate training and PGD
+    eot: tuple[str, ...] = ()  # PGD: one of these hacker transformations ("jpeg", "crop-flip") drawn per step, differentiated through
     seed: int = 0
     amp: bool = True
 
@@ -93,6 +95,7 @@ class Protector:
         if unknown:
             raise TypeError(f"unknown setting(s) for {self.method}: {sorted(unknown)}")
         self.config = replace(ProtectConfig(**base), **settings)
+        self.config.eot = tuple(self.config.eot)  # JSON and the command line give lists
         self.device = resolve_device(device)
         self._validate()
 
@@ -110,6 +113,7 @@ class Protector:
             raise ValueError("noise_block, code_block >= 1 and cluster_size >= 0 are required")
         if not 0.0 <= c.strip_share <= 1.0:
             raise ValueError(f"strip_share is a share of rows and must be in 0..1, got {c.strip_share}")
+        eot_transform(c.eot, (0,))  # refuses unknown names now, not in round one
 
     def get_params(self) -> dict:
         return asdict(self.config)
@@ -306,7 +310,8 @@ class Protector:
 
             noise = torch.from_numpy(np.asarray(protection.noise[units])).permute(0, 3, 1, 2)
             noise, step_losses = pgd_noise(surrogate, dataset.image_batch(rows), noise, torch.from_numpy(local), tokens_for_step,
-                                      eps=c.eps, steps=c.pgd_steps, step_size=c.step_size, ascent=c.ascent, amp=c.amp, block=c.noise_block)
+                                      eps=c.eps, steps=c.pgd_steps, step_size=c.step_size, ascent=c.ascent, amp=c.amp, block=c.noise_block,
+                                      transform=eot_transform(c.eot, (c.seed, round_index, index)))
             protection.noise[units] = noise.permute(0, 2, 3, 1).to(torch.int8).cpu().numpy()
             losses[index] = (step_losses[0], step_losses[-1])
         if isinstance(protection.noise, np.memmap):

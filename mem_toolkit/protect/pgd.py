@@ -27,6 +27,7 @@ def pgd_noise(
     ascent: bool = False,
     amp: bool = True,
     block: int = 1,
+    transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Run `steps` sign steps on `noise` (units, 3, S, S, int16) for a batch of rows.
 
@@ -37,6 +38,8 @@ def pgd_noise(
     With `block` > 1 the gradient is summed over `block` x `block` squares before its sign is taken,
     so a noise that starts constant on those squares stays so (low-frequency noise: a coarse
     pattern a fresh model picks up early, and one that survives resizing and re-encoding better).
+    `transform(images, step)` (EOT, `protect.eot`) processes the protected images as a hacker would
+    before the model sees them, differentiably, so the noise is optimised for what survives it.
     """
     device = model.device
     pixels = pixels.to(device)
@@ -49,8 +52,11 @@ def pgd_noise(
         with torch.no_grad(), autocast(device, amp):
             text_features = model.encode_text(tokens_for_step(step).to(device))
         delta = noise.float().requires_grad_(True)
+        images = (pixels.float() + delta[unit_index]) / 255.0
+        if transform is not None:
+            images = transform(images, step)
         with autocast(device, amp):
-            image_features = model.encode_image((pixels.float() + delta[unit_index]) / 255.0)
+            image_features = model.encode_image(images)
         loss = clip_loss(image_features, text_features.float(), model.logit_scale().detach())
         (grad,) = torch.autograd.grad(loss, delta)
         losses.append(loss.item())

@@ -26,8 +26,9 @@ from ..data.loaders import load_caption_csv
 from ..data.shapes import make_shapes_split
 from ..data.writer import write_dataset
 from ..defences import DEFENCES, apply_defence, defended_config, get_defence
-from ..experiment import cache_key, protect_cached, protection_digest, run_arm
+from ..experiment import cache_key, protect_cached, protection_digest
 from ..intervals import Interval
+from ..pretrain import pretrain_clip
 from ..protect import EM, MEM, UAP, Protection, random_id_protection
 from ..protect.export import export_protection
 from ..train import TrainConfig
@@ -36,6 +37,7 @@ from .grid import Arm, GridResult, Hacker, run_grid
 NO_DEFENCE = "none"
 PRETRAINED = "pretrained"  # the hacker fine-tunes a CLIP pretrained on disjoint data instead of training from scratch
 CLEAN = "clean"
+ROBUST_EOT = ("jpeg", "crop-flip")  # mem-3-robust: the transformations its PGD steps are taken through
 TABLE_METRICS = ("R@1", "R@10", "MedR")
 
 
@@ -82,7 +84,7 @@ PRESETS: dict[str, RobustnessPreset] = {
     # at most 45 minutes on 2 CPU cores: the likely defences against the protections that matter
     "quick": RobustnessPreset(protections=("mem-3", "em", "random-id-trigger"), defences=LIKELY_DEFENCES, uap=_UAP, em=_EM, mem=_MEM),
     # every defence and protection, two seeds
-    "full": RobustnessPreset(protections=("uap", "em", "mem-3", "mem-5", "random-id-trigger"), defences=tuple(DEFENCES) + (PRETRAINED,),
+    "full": RobustnessPreset(protections=("uap", "em", "mem-3", "mem-5", "mem-3-robust", "random-id-trigger"), defences=tuple(DEFENCES) + (PRETRAINED,),
                              hacker_epochs=6, seeds=(0, 1), uap=_UAP, em=_EM, mem=_MEM),
 }
 
@@ -201,8 +203,7 @@ def pretrain_on_disjoint_shapes(preset: RobustnessPreset, folder: Path, device, 
     """
     pretraining, held_out = _pretraining_split(preset)
     config = replace(preset.hacker().config, epochs=preset.pretrain_epochs)
-    run = run_arm("weights", pretraining, held_out, config, folder, preset.hacker_model, device, progress)
-    return str(run.folder / "model.safetensors")
+    return str(pretrain_clip(preset.hacker_model, pretraining, held_out, config, folder, device, progress))
 
 
 def _pretraining_split(preset: RobustnessPreset) -> tuple[CaptionDataset, CaptionDataset]:
@@ -232,7 +233,9 @@ def _protection(name: str, preset: RobustnessPreset, train: CaptionDataset, out:
     makers: dict[str, Callable] = {"uap": lambda: UAP(device=device, seed=preset.seed, **preset.uap),
                                    "em": lambda: EM(device=device, seed=preset.seed, **preset.em),
                                    "mem-3": lambda: MEM(3, device=device, seed=preset.seed, **preset.mem),
-                                   "mem-5": lambda: MEM(5, device=device, seed=preset.seed, **preset.mem)}
+                                   "mem-5": lambda: MEM(5, device=device, seed=preset.seed, **preset.mem),
+                                   # the standard remedy: the noise optimised through the hacker's JPEG and crops (EOT)
+                                   "mem-3-robust": lambda: MEM(3, device=device, seed=preset.seed, **(preset.mem | {"eot": ROBUST_EOT}))}
     if name not in makers:
         raise ValueError(f"unknown protection {name!r}; choose from {sorted(makers) + ['random-id-trigger']}")
     return protect_cached(makers[name](), train, out / "protections" / name, progress)
