@@ -212,53 +212,54 @@ def test_commands_that_run_in_one_process_refuse_several(data, tmp_path):
 
 # -- the studies -----------------------------------------------------------------------------------
 
+STUDIES_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_demo import TINY
+from mem_toolkit import distributed
+from mem_toolkit.data import make_shapes_split
+from mem_toolkit.protect import MEM
+from mem_toolkit.studies.demo import run_demo
+from mem_toolkit.studies.faces import run_faces_study
+from mem_toolkit.studies.robustness import run_robustness
+from mem_toolkit.studies.transfer import run_transfer
+from mem_toolkit.train import TrainConfig
+
+out = sys.argv[1]
+distributed.init()
+demo = run_demo(out + "/demo", TINY, progress=False)
+train, test = make_shapes_split(16, 8, 64, seed=2)
+protector = MEM(2, rounds=1, surrogate_steps=2, pgd_steps=1, trigger_rounds=1, candidates=3, batch_size=40)
+transfer = run_transfer(protector, train, test, ["mem-tiny-rn"], ["mem-tiny-vit"], TrainConfig(epochs=1, batch_size=40), out + "/transfer")
+robustness = run_robustness(out + "/robustness", "smoke", progress=False)
+faces = run_faces_study(out + "/faces", "synthetic", "smoke", ["mem-tiny-vit"], progress=False)
+print("rank", distributed.rank(), len(demo["methods"]), transfer.protected["mem-tiny-rn"]["mem-tiny-vit"]["i2t_R@1"],
+      robustness.cell("mem-3", "jpeg75")["t2i_R@1"].mean, faces["hackers"]["mem-tiny-vit"]["arms"]["mem-3"]["metrics"]["identification"]["top1"])
+distributed.close()
+"""
+
+
 def test_the_studies_run_on_two_processes(tmp_path):
-    """Every process runs the study; protections and hackers are distributed, rank 0 alone writes and prints."""
-    script = tmp_path / "demo_two.py"
-    script.write_text("import sys\n"
-                      f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-                      "from test_demo import TINY\n"
-                      "from mem_toolkit import distributed\n"
-                      "from mem_toolkit.studies.demo import run_demo\n"
-                      "distributed.init()\n"
-                      "results = run_demo(sys.argv[1], TINY, progress=False)\n"
-                      "print('rank', distributed.rank(), 'methods', len(results['methods']))\n"
-                      "from mem_toolkit.data import make_shapes_split\n"
-                      "from mem_toolkit.protect import MEM\n"
-                      "from mem_toolkit.train import TrainConfig\n"
-                      "from mem_toolkit.studies.transfer import run_transfer\n"
-                      "train, test = make_shapes_split(16, 8, 64, seed=2)\n"
-                      "protector = MEM(2, rounds=1, surrogate_steps=2, pgd_steps=1, trigger_rounds=1, candidates=3, batch_size=40)\n"
-                      "table = run_transfer(protector, train, test, ['mem-tiny-rn'], ['mem-tiny-vit'], TrainConfig(epochs=1, batch_size=40),\n"
-                      "                     sys.argv[2])\n"
-                      "print('rank', distributed.rank(), 'transfer', table.protected['mem-tiny-rn']['mem-tiny-vit']['i2t_R@1'],\n"
-                      "      table.clean['mem-tiny-vit']['i2t_R@1'])\n"
-                      "distributed.close()\n")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path / "demo"),
-               str(tmp_path / "transfer")]
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    """Every process runs each study; protections and hackers are distributed, rank 0 alone evaluates and writes,
+    and every rank returns the same results. (One launch for the four studies: starting workers costs seconds.)"""
+    script = tmp_path / "studies.py"
+    script.write_text(STUDIES_SCRIPT.format(tests=str(ROOT / "tests")))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(line for line in result.stdout.splitlines() if "methods" in line) == [f"rank {r} methods {len(METHOD_ORDER)}" for r in (0, 1)]
-    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert list(saved["methods"]) == METHOD_ORDER and all(m["final"]["epoch"] == 1 for m in saved["methods"].values())
-    assert {d["processes"] for p in saved["protections"].values() for d in p["diagnostics"]} == {2}
+    returned = sorted(line.split() for line in result.stdout.splitlines() if line.startswith("rank"))
+    assert [r[1] for r in returned] == ["0", "1"] and returned[0][2:] == returned[1][2:]  # the same results on both ranks
+    assert returned[0][2] == str(len(METHOD_ORDER))
+    demo = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert list(demo["methods"]) == METHOD_ORDER and all(m["final"]["epoch"] == 1 for m in demo["methods"].values())
     assert (tmp_path / "demo" / "figures" / "curves.png").stat().st_size > 1000
-    transfer = [line.split()[3:] for line in result.stdout.splitlines() if line.startswith("rank") and "transfer" in line]
-    assert len(transfer) == 2 and transfer[0] == transfer[1]  # both ranks return the same table
-    protections = list((tmp_path / "transfer" / "protections").glob("*/protection.json"))
-    assert len(protections) == 1 and json.loads(protections[0].read_text())["diagnostics"][0]["processes"] == 2
-
-    robustness = _run(["robustness", "--out", str(tmp_path / "robustness"), "--preset", "smoke"])
-    assert robustness.stdout.count("| mem-3 |") == 1  # printed by rank 0 only
-    saved = json.loads((tmp_path / "robustness" / "results.json").read_text())
-    assert set(saved["cells"]["mem-3"]) == {"none", "jpeg75", "crop-flip", "pretrained"}
-    assert json.loads((tmp_path / "robustness" / "protections" / "mem-3" / "protection.json").read_text())["diagnostics"][0]["processes"] == 2
-
-    faces = _run(["faces", "--out", str(tmp_path / "faces"), "--preset", "smoke", "--hackers", "mem-tiny-vit"])
-    assert faces.stdout.count("| MEM-3 |") == 2  # the table and the control table, printed by rank 0 only
-    saved = json.loads((tmp_path / "faces" / "results.json").read_text())
-    assert set(saved["hackers"]["mem-tiny-vit"]["arms"]) == {"clean", "mem-3", "mem-5", "mem-3 trigger-only", "mem-3 noise-only"}
-    assert {d["processes"] for p in saved["protections"].values() for d in p["diagnostics"]} == {2}
+    robustness = json.loads((tmp_path / "robustness" / "results.json").read_text())
+    assert set(robustness["cells"]["mem-3"]) == {"none", "jpeg75", "crop-flip", "pretrained"}
+    faces = json.loads((tmp_path / "faces" / "results.json").read_text())
+    assert set(faces["hackers"]["mem-tiny-vit"]["arms"]) == {"clean", "mem-3", "mem-5", "mem-3 trigger-only", "mem-3 noise-only"}
+    diagnostics = [json.loads(path.read_text())["diagnostics"] for path in tmp_path.glob("*/protections/*/protection.json")]
+    assert len(diagnostics) == 4 + 1 + 1 + 2  # demo: UAP, EM, MEM-3, MEM-5; transfer; robustness; faces: MEM-3, MEM-5
+    assert {d["processes"] for rounds in diagnostics for d in rounds} == {2}
 
 
 # -- hacker training -------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ def test_study_writes_table_3_metrics_and_figures(study):
         assert metrics["retrieval_random"]["i2t_R@1"] == pytest.approx(100 / 6)
         assert arms["clean"]["history"]["epochs"][0]["epoch"] == 1
     assert len(saved["protections"]["mem-5"]["example_triggers"][0].split()) == 5
-    assert set(saved["checks"]) == {f"{h}: {c}" for h in HACKERS for c in ("clean top-1 >= 5x chance", "MEM-3 top-1 <= 2x chance")}
+    assert set(saved["checks"]) == {f"{h}: {c}" for h in HACKERS
+                                    for c in ("clean top-1 >= 5x chance (lower bound)", "MEM-3 top-1 <= 2x chance (upper bound)")}
     for figure in FIGURES:
         assert (out / "figures" / figure).stat().st_size > 5000
     assert json.loads((out / "names.json").read_text())["pseudonyms"]
@@ -87,6 +88,20 @@ def test_study_refuses_another_setting_in_the_same_folder(study):
     out, _ = study
     with pytest.raises(ValueError, match="preset"):
         run_faces_study(out, "synthetic", replace(SMOKE, hacker_epochs=2), HACKERS, progress=False)
+
+
+def test_more_seeds_add_runs_to_the_same_study_and_tables_print_intervals(study, tmp_path):
+    """Seed 0's runs are reread from the study; seed 1 trains anew; the checks use the interval's bounds."""
+    out, results = study
+    again = run_faces_study(out, "synthetic", SMOKE, ("mem-tiny-vit",), progress=False, seeds=(0, 1))
+    arms = again["hackers"]["mem-tiny-vit"]["arms"]
+    assert arms["mem-3"]["metrics"] == results["hackers"]["mem-tiny-vit"]["arms"]["mem-3"]["metrics"]  # seed 0, reread
+    top1 = [m["identification"]["top1"] for m in arms["mem-3"]["seed_metrics"]]
+    summary = arms["mem-3"]["summary"]["identification/top1"]
+    assert len(top1) == 2 and summary["values"] == top1 and summary["mean"] == pytest.approx(np.mean(top1))
+    assert "over 2 hacker seeds" in again["table"] and " ± " in again["table"]
+    clean = arms["clean"]["summary"]["identification/top1"]
+    assert again["checks"]["mem-tiny-vit: clean top-1 >= 5x chance (lower bound)"] == (clean["low"] >= 5 * 100 / 6)
 
 
 def test_bad_face_data_is_named(tmp_path):

@@ -26,6 +26,7 @@ from ..data.faces import make_faces
 from ..data.identity import FaceData, load_identity_csv, load_identity_folder
 from ..errors import DataError, Problem
 from ..experiment import protect_cached
+from ..intervals import Interval, interval
 from ..models import ClipModel, create_model, load_model, resolve_device
 from ..protect import MEM, Protection
 from ..train import History, TrainConfig
@@ -50,6 +51,7 @@ class FacesPreset:
     hacker_lr: float = 5e-4
     mem: dict = field(default_factory=dict)  # ProtectConfig settings shared by MEM-3 and MEM-5
     controls: tuple[str, ...] = ("trigger-only", "noise-only")  # of MEM-3, per hacker
+    seeds: tuple[int, ...] = (0,)  # each hacker is trained once per seed; tables give the mean ± 95 % interval
     seed: int = 0
 
     def hacker_config(self) -> TrainConfig:
@@ -61,7 +63,7 @@ PRESETS: dict[str, FacesPreset] = {
     "smoke": FacesPreset(n_people=6, photos_per_person=3, hacker_epochs=1, hacker_batch_size=8,
                          mem=dict(FACE_MEM_SETTINGS, rounds=1, surrogate_steps=1, pgd_steps=1, trigger_rounds=1, candidates=2, batch_size=8)),
     "quick": FacesPreset(hacker_epochs=20, mem=dict(FACE_MEM_SETTINGS, rounds=12, trigger_rounds=4)),
-    "full": FacesPreset(hacker_epochs=30, mem=dict(FACE_MEM_SETTINGS, rounds=20, trigger_rounds=4)),
+    "full": FacesPreset(hacker_epochs=30, mem=dict(FACE_MEM_SETTINGS, rounds=20, trigger_rounds=4), seeds=(0, 1, 2)),
 }
 DEFAULT_HACKERS = ("mem-tiny-rn", "mem-tiny-vit")
 PROTECTIONS = ("mem-3", "mem-5")
@@ -107,7 +109,8 @@ def protect_faces(face_data: FaceData, preset: FacesPreset, out_dir: str | os.Pa
 
 @dataclass
 class HackerResult:
-    """One hacker (architecture x training data): its clean-test face metrics, training history and wall time."""
+    """One hacker (architecture x training data): its clean-test face metrics, training history, wall time and run folder
+    for the first seed (the model the figures show), and the metrics of every seed."""
 
     architecture: str
     arm: str
@@ -115,6 +118,11 @@ class HackerResult:
     history: History
     seconds: float
     folder: Path
+    seed_metrics: list[dict] = field(default_factory=list)
+
+    def interval(self, group: str, key: str) -> Interval:
+        """Mean and 95 % interval over seeds of one metric, e.g. ("identification", "top1")."""
+        return interval([metrics[group][key] for metrics in self.seed_metrics or [self.metrics]])
 
     def model(self, device: str | torch.device = "cpu") -> ClipModel:
         """The trained hacker, reloaded from its run folder."""
@@ -146,13 +154,14 @@ def train_hackers(face_data: FaceData, arms: Mapping, preset: FacesPreset, out_d
     config = preset.hacker_config()
     device = resolve_device(device)
     study_hackers = [Hacker(a, config, None if hacker_weights.get(a) is None else str(hacker_weights[a])) for a in hackers]
-    grid = run_grid(arms, face_data.test, study_hackers, out_dir, device=device, progress=progress)
+    grid = run_grid(arms, face_data.test, study_hackers, out_dir, preset.seeds, device, progress)
     results: dict[str, dict[str, HackerResult]] = {}
     for hacker in study_hackers:
-        for arm, (run,) in grid.runs[hacker.label].items():
-            metrics = distributed.main_only(lambda: _evaluation(run.folder, len(run.history.epochs), face_data, device))
-            results.setdefault(hacker.architecture, {})[arm] = HackerResult(hacker.architecture, arm, metrics, run.history, run.seconds,
-                                                                            run.folder)
+        for arm, runs in grid.runs[hacker.label].items():
+            seed_metrics = [distributed.main_only(lambda: _evaluation(run.folder, len(run.history.epochs), face_data, device)) for run in runs]
+            first = runs[0]
+            results.setdefault(hacker.architecture, {})[arm] = HackerResult(hacker.architecture, arm, seed_metrics[0], first.history,
+                                                                            first.seconds, first.folder, seed_metrics)
     return results
 
 
@@ -177,7 +186,7 @@ def faces_table(results: Mapping[str, Mapping[str, HackerResult]], rows: Mapping
     lines = ([f"**{title}**", ""] if title else []) + [head, "|---|" + "---:|" * (len(columns) * len(architectures))]
     for arm, label in rows.items():
         if all(arm in results[a] for a in architectures):
-            lines.append(f"| {label} | " + " | ".join(f"{results[a][arm].metrics[group][key]:.1f}" for a in architectures
+            lines.append(f"| {label} | " + " | ".join(results[a][arm].interval(group, key).format() for a in architectures
                                                       for group, key, _ in columns) + " |")
     first = results[architectures[0]]["clean"].metrics
     chance = [first["identification"]["chance_top1"], first["identification"]["chance_top5"],
@@ -191,10 +200,10 @@ def efficacy_checks(results: Mapping[str, Mapping[str, HackerResult]]) -> dict[s
     """The case study's claims per architecture: the clean hacker names people far above chance, MEM-3's near chance."""
     checks = {}
     for architecture, arms in results.items():
-        clean, chance = arms["clean"].metrics["identification"], arms["clean"].metrics["identification"]["chance_top1"]
-        checks[f"{architecture}: clean top-1 >= 5x chance"] = clean["top1"] >= 5 * chance
+        chance = arms["clean"].metrics["identification"]["chance_top1"]
+        checks[f"{architecture}: clean top-1 >= 5x chance (lower bound)"] = arms["clean"].interval("identification", "top1").low >= 5 * chance
         if "mem-3" in arms:
-            checks[f"{architecture}: MEM-3 top-1 <= 2x chance"] = arms["mem-3"].metrics["identification"]["top1"] <= 2 * chance
+            checks[f"{architecture}: MEM-3 top-1 <= 2x chance (upper bound)"] = arms["mem-3"].interval("identification", "top1").high <= 2 * chance
     return checks
 
 
@@ -208,15 +217,19 @@ def run_faces_study(
     surrogate_pretrained: str | os.PathLike | None = None,
     progress: bool = True,
     device: str | torch.device = "auto",
+    seeds: Sequence[int] | None = None,
 ) -> dict:
     """Run the whole case study into `out_dir` (results.json, results.md, figures/); returns the results dict.
 
     `data`: `"synthetic"`, an identity folder, a labels CSV, or a `FaceData`. `hacker_weights`:
     architecture -> starting weights (open_clip tag or checkpoint) for fine-tuning hackers;
     `surrogate_pretrained`: starting weights of the protection's surrogate (default: from scratch).
+    `seeds`: train every hacker once per seed (default: the preset's); tables give mean ± 95 % interval.
     Under torchrun every process runs it: protections and hackers are distributed, rank 0 evaluates and writes.
     """
     preset = _preset(preset)
+    if seeds is not None:
+        preset = replace(preset, seeds=tuple(seeds))
     progress = progress and distributed.is_main()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,7 +239,7 @@ def run_faces_study(
     stages["data"] = time.perf_counter() - clock
     source = "synthetic" if str(data) == "synthetic" else ("FaceData" if isinstance(data, FaceData) else str(Path(data).resolve()))
     manifest = {"data": source, "train": face_data.train.fingerprint(), "test": face_data.test.fingerprint(),
-                "preset": json.loads(json.dumps(asdict(preset)))}
+                "preset": json.loads(json.dumps({k: v for k, v in asdict(preset).items() if k != "seeds"}))}  # more seeds: more runs, same study
     problem = distributed.main_only(lambda: _claim_folder(out, manifest, face_data))
     if problem:
         raise ValueError(problem)
@@ -330,7 +343,8 @@ def _write_results(out: Path, preset: FacesPreset, face_data: FaceData, source: 
     trained = ", ".join(f"{a} ({'fine-tuned from ' + str(hacker_weights[a]) if a in hacker_weights else 'from scratch'})" for a in results)
     title = (f"Face case study on {source}: {face_data.n_people} people, {face_data.train.n_images} training photos, "
              f"{face_data.test.n_images} clean test photos. Hackers {trained}, {preset.hacker_epochs} epochs each. "
-             "Identification top-k and N x N retrieval R@k in %.")
+             "Identification top-k and N x N retrieval R@k in %"
+             + (f", mean ± 95 % interval over {len(preset.seeds)} hacker seeds." if len(preset.seeds) > 1 else "."))
     table = faces_table(results, TABLE_ROWS, title)
     controls = {f"mem-3 {c}": f"MEM-3 {c}" for c in preset.controls}
     control_table = faces_table(results, {"clean": "Clean", "mem-3": "MEM-3"} | controls, "MEM-3 beside its controls") if controls else ""
@@ -340,7 +354,10 @@ def _write_results(out: Path, preset: FacesPreset, face_data: FaceData, source: 
                  "train_captions": len(face_data.train), "test_photos": face_data.test.n_images},
         "preset": asdict(preset),
         "hackers": {a: {"weights": str(hacker_weights[a]) if a in hacker_weights else None,
-                        "arms": {arm: {"metrics": r.metrics, "seconds": r.seconds, "history": r.history.to_dict()} for arm, r in arms.items()}}
+                        "arms": {arm: {"metrics": r.metrics, "seconds": r.seconds, "history": r.history.to_dict(), "seed_metrics": r.seed_metrics,
+                                       "summary": {f"{group}/{key}": r.interval(group, key).to_dict()
+                                                   for group, key, _ in IDENTIFICATION_COLUMNS + RETRIEVAL_COLUMNS}}
+                                 for arm, r in arms.items()}}
                     for a, arms in results.items()},
         "protections": {name: {"config": p.config, "diagnostics": p.diagnostics, "example_triggers": p.trigger_words()[:10],
                                "surrogate_pretrained": None if surrogate_pretrained is None else str(surrogate_pretrained)}

@@ -20,6 +20,8 @@ def register_faces(commands: argparse._SubParsersAction) -> None:
                             "or one bare WEIGHTS for a single hacker; the others train from scratch")
     faces.add_argument("--surrogate-model", default="mem-tiny-rn", help="architecture of the protection's surrogate")
     faces.add_argument("--surrogate-pretrained", help="start the surrogate from these weights (default: from scratch)")
+    faces.add_argument("--seeds", nargs="+", type=int, help="train every hacker once per seed (default: the preset's; full: 0 1 2); "
+                                                              "tables print mean ± 95 %% interval")
     faces.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     faces.set_defaults(func=cmd_faces)
 
@@ -47,7 +49,7 @@ def cmd_faces(args) -> int:
     try:
         weights = parse_hacker_weights(args.pretrained, args.hackers)
         results = run_faces_study(args.out, args.data, args.preset, args.hackers, weights, args.surrogate_model, args.surrogate_pretrained,
-                                  device=args.device)
+                                  device=args.device, seeds=args.seeds)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
