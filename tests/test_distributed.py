@@ -254,7 +254,7 @@ def test_the_studies_run_on_two_processes(tmp_path):
     assert list(demo["methods"]) == METHOD_ORDER and all(m["final"]["epoch"] == 1 for m in demo["methods"].values())
     assert (tmp_path / "demo" / "figures" / "curves.png").stat().st_size > 1000
     robustness = json.loads((tmp_path / "robustness" / "results.json").read_text())
-    assert set(robustness["cells"]["mem-3"]) == {"none", "jpeg75", "crop-flip", "pretrained"}
+    assert set(robustness["cells"]["mem-3"]) == {"none", "jpeg75", "crop-flip", "protected50", "pretrained"}
     faces = json.loads((tmp_path / "faces" / "results.json").read_text())
     assert set(faces["hackers"]["mem-tiny-vit"]["arms"]) == {"clean", "mem-3", "mem-5", "mem-3 trigger-only", "mem-3 noise-only"}
     diagnostics = [json.loads(path.read_text())["diagnostics"] for path in tmp_path.glob("*/protections/*/protection.json")]

@@ -114,7 +114,7 @@ def test_robustness(executed):
     assert _written(figures / "robustness.png") and len(_outputs(notebook, "image/png")) == 1
     [tables] = _outputs(notebook, "text/markdown")
     assert _table_rows(tables.split("\n\n")[0]) == ["i2t: R@1 / R@10 / MedR", "clean", "mem-3", "random guess"]
-    assert "| t2i: R@1 / R@10 / MedR | none | jpeg75 | crop-flip | pretrained |" in tables
+    assert "| t2i: R@1 / R@10 / MedR | none | jpeg75 | crop-flip | protected50 | pretrained |" in tables
 
 
 def test_explorer(executed):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,9 +57,10 @@ SMOKE = PRESETS["smoke"]
 
 def test_robustness_defends_the_published_files_trains_every_cell_and_resumes(tmp_path):
     result = run_robustness(tmp_path, SMOKE, progress=False)
-    assert result.sources == [CLEAN, "mem-3"] and result.columns == [NO_DEFENCE, "jpeg75", "crop-flip", PRETRAINED]
+    assert result.sources == [CLEAN, "mem-3"] and result.columns == [NO_DEFENCE, "jpeg75", "crop-flip", "protected50", PRETRAINED]
     runs = result.grid.runs["mem-tiny-rn"]
-    assert len(runs) == 8
+    assert len(runs) == 9 and result.same_as == {"clean__protected50": "clean__none"}  # clean mixed with clean: nothing to train
+    assert result.cell(CLEAN, "protected50") == result.cell(CLEAN, NO_DEFENCE)
     records = {name: json.loads((run[0].folder / "arm.json").read_text()) for name, run in runs.items()}
     assert all(r["pretrained"] is None for name, r in records.items() if not name.endswith(PRETRAINED))
     assert all(r["pretrained"].endswith("model.safetensors") for name, r in records.items() if name.endswith(PRETRAINED))
@@ -74,7 +76,7 @@ def test_robustness_defends_the_published_files_trains_every_cell_and_resumes(tm
     assert set(saved["cells"]["mem-3"]) == set(result.columns) and "i2t_R@10" in saved["cells"][CLEAN]["jpeg75"]
     assert saved["cells"]["mem-3"]["jpeg75"]["t2i_R@1"]["mean"] == result.cell("mem-3", "jpeg75")["t2i_R@1"].mean
     assert set(saved["checks"]) == {f"{c}, {d}: mem-3 R@1 <= 1/2 clean R@1 under the same defence"
-                                    for c in ("jpeg75", "crop-flip", PRETRAINED) for d in ("i2t", "t2i")}
+                                    for c in ("jpeg75", "crop-flip", "protected50", PRETRAINED) for d in ("i2t", "t2i")}
     table = (tmp_path / "results.md").read_text()
     assert "| mem-3 |" in table and "| random guess |" in table and "| i2t: R@1 / R@10 / MedR | none |" in table
     assert (tmp_path / "figures" / "robustness_t2i_R1.png").stat().st_size > 1000
@@ -82,6 +84,8 @@ def test_robustness_defends_the_published_files_trains_every_cell_and_resumes(tm
     assert again.stage_seconds["hackers"] == result.stage_seconds["hackers"] and again.stage_seconds["protect mem-3"] < 5
     assert again.cell("mem-3", PRETRAINED)["i2t_R@1"].mean == result.cell("mem-3", PRETRAINED)["i2t_R@1"].mean
     assert arm_name("mem-3", "jpeg75") in runs
+    mixed = load_caption_csv(tmp_path / "defended" / "mem-3" / "protected50" / "captions.csv", 64)
+    assert {Path(p).parent.name for p in mixed.image_paths} == {"clean", "protected"}  # half the images from each side
 
 
 def test_robustness_command_refuses_an_unknown_preset(capsys):

@@ -77,7 +77,7 @@ _UAP = dict(surrogate_epochs=1, pgd_steps=5, step_size=2)
 LIKELY_DEFENCES = ("jpeg75", "crop-flip", "strip3", "protected50", PRETRAINED)
 PRESETS: dict[str, RobustnessPreset] = {
     # seconds: checks that protection, publishing, defences, pretraining and hackers run; its figures mean nothing
-    "smoke": RobustnessPreset(protections=("mem-3",), defences=("jpeg75", "crop-flip", PRETRAINED), n_train=40, n_test=12, difficulty="easy",
+    "smoke": RobustnessPreset(protections=("mem-3",), defences=("jpeg75", "crop-flip", "protected50", PRETRAINED), n_train=40, n_test=12, difficulty="easy",
                               hacker_epochs=1, hacker_batch_size=20, pretrain_images=20, pretrain_epochs=1,
                               mem=dict(rounds=1, surrogate_steps=1, pgd_steps=1, trigger_rounds=1, candidates=2, batch_size=20,
                                        trigger_vocab_size=24)),
@@ -98,9 +98,11 @@ class RobustnessResult:
     columns: list[str]  # "none", then the defences
     settings: dict
     stage_seconds: dict[str, float]
+    same_as: dict[str, str] = field(default_factory=dict)  # cells not trained because their data is another cell's
 
     def cell(self, source: str, column: str) -> dict[str, Interval]:
-        return self.grid.summary(self.grid_hacker, arm_name(source, column))
+        name = arm_name(source, column)
+        return self.grid.summary(self.grid_hacker, self.same_as.get(name, name))
 
     @property
     def grid_hacker(self) -> str:
@@ -132,7 +134,7 @@ class RobustnessResult:
         cells = {source: {column: {k: v.to_dict() for k, v in self.cell(source, column).items()} for column in self.columns}
                  for source in self.sources}
         return {"sources": self.sources, "columns": self.columns, "cells": cells, "random_guess": self.grid.random,
-                "checks": self.checks(), "settings": self.settings, "stage_seconds": self.stage_seconds, "runs": self.grid.to_dict(),
+                "checks": self.checks(), "same_as": self.same_as, "settings": self.settings, "stage_seconds": self.stage_seconds, "runs": self.grid.to_dict(),
                 "table_i2t": self.table("i2t"), "table_t2i": self.table("t2i")}
 
     def plot(self, metric: str = "t2i_R@1", save: str | os.PathLike | None = None):
@@ -180,9 +182,12 @@ def run_robustness(out_dir: str | os.PathLike, preset: str | RobustnessPreset = 
         stages["pretrain"] = time.perf_counter() - clock
     clock = time.perf_counter()
     vocabulary = distributed.main_only(lambda: str(_pretraining_captions(preset, out / "vocabulary", progress)))
-    arms = {}
+    arms, same_as = {}, {}
     for source, (csv, stamp) in published.items():
         for column in (NO_DEFENCE,) + preset.defences:
+            if source == CLEAN and column in DEFENCES and DEFENCES[column].kind == "data":
+                same_as[arm_name(source, column)] = arm_name(source, NO_DEFENCE)  # clean data mixed with clean data is the clean data
+                continue
             key = cache_key(stamp, published[CLEAN][1], column, preset.seed)
             defended = distributed.main_only(lambda: _defended(column, Path(csv), Path(published[CLEAN][0]), key,
                                                                out / "defended" / source / column, vocabulary, preset.seed, progress))
@@ -190,7 +195,7 @@ def run_robustness(out_dir: str | os.PathLike, preset: str | RobustnessPreset = 
     stages["defences"] = time.perf_counter() - clock
     grid = run_grid(arms, test, [hacker], out, preset.seeds, device, progress)
     stages["hackers"] = sum(run.seconds for runs in grid.runs[hacker.label].values() for run in runs)
-    result = RobustnessResult(grid, list(published), [NO_DEFENCE, *preset.defences], json.loads(json.dumps(asdict(preset))), stages)
+    result = RobustnessResult(grid, list(published), [NO_DEFENCE, *preset.defences], json.loads(json.dumps(asdict(preset))), stages, same_as)
     distributed.main_only(lambda: _write_results(out, result))
     return result
 
