@@ -21,7 +21,7 @@ from ..experiment import ArmResult, protect_cached, random_guess, results_table
 from ..protect import EM, MEM, UAP, Protection, StrippedView, random_id_protection
 from ..text import CaptionTokenizer
 from ..train import TrainConfig
-from .grid import Hacker, run_grid
+from .grid import Hacker, resolve_preset, run_grid
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def run_demo(out_dir: str | os.PathLike, preset: str | DemoPreset = "quick", pro
 
     Under torchrun every process runs it: protections and hackers are distributed, rank 0 writes the results.
     """
-    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    preset = resolve_preset(preset, PRESETS, "demo")
     progress = progress and distributed.is_main()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from ..models import ClipModel, create_model, load_model, resolve_device
 from ..protect import MEM, Protection
 from ..train import History, TrainConfig
 from .face_metrics import evaluate_faces
-from .grid import Hacker, run_grid
+from .grid import Hacker, resolve_preset, run_grid
 
 # Tuned on the synthetic faces (README, "Face case study"): a 16-word trigger vocabulary, a short-lived surrogate
 # restarted every round at a higher learning rate, and noise that starts as a code of the trigger.
@@ -227,7 +227,7 @@ def run_faces_study(
     `seeds`: train every hacker once per seed (default: the preset's); tables give mean ± 95 % interval.
     Under torchrun every process runs it: protections and hackers are distributed, rank 0 evaluates and writes.
     """
-    preset = _preset(preset)
+    preset = resolve_preset(preset, PRESETS, "face study")
     if seeds is not None:
         preset = replace(preset, seeds=tuple(seeds))
     progress = progress and distributed.is_main()
@@ -253,14 +253,6 @@ def run_faces_study(
     stages["figures"] = time.perf_counter() - clock
     return distributed.main_only(lambda: _write_results(out, preset, face_data, source, protections, results, stages, figures,
                                                         hacker_weights or {}, surrogate_pretrained))
-
-
-def _preset(preset: str | FacesPreset) -> FacesPreset:
-    if isinstance(preset, FacesPreset):
-        return preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[preset]
 
 
 def _claim_folder(out: Path, manifest: dict, face_data: FaceData) -> str | None:

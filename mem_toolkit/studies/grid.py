@@ -12,7 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -22,6 +22,18 @@ from ..data.dataset import CaptionDataset
 from ..experiment import ArmResult, random_guess, results_table, run_arm
 from ..intervals import Interval, intervals
 from ..train import PairSource, TrainConfig
+
+
+P = TypeVar("P")
+
+
+def resolve_preset(preset: str | P, presets: Mapping[str, P], study: str) -> P:
+    """A study's preset, given by name (one of `presets`) or as the preset itself."""
+    if not isinstance(preset, str):
+        return preset
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r} for the {study}; choose from {sorted(presets)}")
+    return presets[preset]
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from ..pretrain import pretrain_clip
 from ..protect import EM, MEM, UAP, Protection, random_id_protection
 from ..protect.export import export_protection
 from ..train import TrainConfig
-from .grid import Arm, GridResult, Hacker, run_grid
+from .grid import Arm, GridResult, Hacker, resolve_preset, run_grid
 
 NO_DEFENCE = "none"
 PRETRAINED = "pretrained"  # the hacker fine-tunes a CLIP pretrained on disjoint data instead of training from scratch
@@ -157,7 +157,7 @@ def run_robustness(out_dir: str | os.PathLike, preset: str | RobustnessPreset = 
     `data`: your (train, test) sets instead of the preset's embedded shapes. The pretrained hacker and
     the vocabulary defence still learn from embedded scenes (no other data can be downloaded here).
     """
-    preset = _preset(preset)
+    preset = resolve_preset(preset, PRESETS, "robustness study")
     progress = progress and distributed.is_main()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,14 +221,6 @@ def _pretraining_captions(preset: RobustnessPreset, folder: Path, progress: bool
     if not csv.exists():
         write_dataset(_pretraining_split(preset)[0], folder, "captions.csv", progress)
     return csv
-
-
-def _preset(preset: str | RobustnessPreset) -> RobustnessPreset:
-    if isinstance(preset, RobustnessPreset):
-        return preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown robustness preset {preset!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[preset]
 
 
 def _protection(name: str, preset: RobustnessPreset, train: CaptionDataset, out: Path, device, progress: bool) -> Protection:
