@@ -27,7 +27,7 @@ from ..data.shapes import make_shapes_split
 from ..data.writer import write_dataset
 from ..defences import DEFENCES, apply_defence, defended_config, get_defence
 from ..experiment import cache_key, protect_cached, protection_digest
-from ..intervals import Interval
+from ..intervals import Interval, format_cell
 from ..pretrain import pretrain_clip
 from ..protect import EM, MEM, UAP, Protection, random_id_protection
 from ..protect.export import export_protection
@@ -113,10 +113,9 @@ class RobustnessResult:
         head = f"| {direction}: R@1 / R@10 / MedR | " + " | ".join(self.columns) + " |"
         lines = [head, "|---|" + "---:|" * len(self.columns)]
         for source in self.sources:
-            cells = [" / ".join(_short(self.cell(source, column)[f"{direction}_{m}"], m) for m in TABLE_METRICS) for column in self.columns]
+            cells = [" / ".join(format_cell(self.cell(source, column)[f"{direction}_{m}"], m) for m in TABLE_METRICS) for column in self.columns]
             lines.append(f"| {source} | " + " | ".join(cells) + " |")
-        random = " / ".join(f"{self.grid.random[f'{direction}_{m}']:.0f}" if m == "MedR" else f"{self.grid.random[f'{direction}_{m}']:.1f}"
-                            for m in TABLE_METRICS)
+        random = " / ".join(format_cell(self.grid.random[f"{direction}_{m}"], m) for m in TABLE_METRICS)
         lines.append("| random guess | " + " | ".join(random for _ in self.columns) + " |")
         return "\n".join(lines)
 
@@ -276,10 +275,6 @@ def _adaptation(column: str, pretrained: str | None) -> Callable[[Hacker], Hacke
     if column in DEFENCES and DEFENCES[column].kind == "training":
         return lambda hacker: replace(hacker, config=defended_config(column, hacker.config))
     return None
-
-
-def _short(value: Interval, metric: str) -> str:
-    return value.format(0 if metric == "MedR" else 1)
 
 
 def _write_results(out: Path, result: RobustnessResult) -> None:
