@@ -12,8 +12,12 @@ STAMP := $(VENV)/.installed
 demo: $(STAMP)
 	$(BIN)/python -m mem_toolkit demo --out runs/demo
 
+# The suite runs in one worker per core (at most 4: each worker holds its own torch); a test file stays in one
+# worker, so its module fixtures are built once. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
