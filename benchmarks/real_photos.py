@@ -28,6 +28,8 @@ from _common import machine, write_result  # noqa: E402
 
 from mem_toolkit.data import load_caption_csv  # noqa: E402
 from mem_toolkit.experiment import protect_cached, random_guess, run_arm  # noqa: E402
+from mem_toolkit.models import create_model  # noqa: E402
+from mem_toolkit.pretrain import pretrain_clip  # noqa: E402
 from mem_toolkit.data.writer import write_caption_csv  # noqa: E402
 from mem_toolkit.protect import MEM, random_id_protection  # noqa: E402
 from mem_toolkit.protect.controls import write_control_sets  # noqa: E402
@@ -125,6 +127,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--jobs", type=int, default=2, help="hackers trained at once")
     parser.add_argument("--threads", type=int, help="torch threads per job (default: 2 for one job, else 1)")
+    parser.add_argument("--surrogate-pretrain-on", type=Path, metavar="CSV",
+                        help="start the surrogate (and every restart of it) from weights trained on these other photos (image,caption CSV)")
+    parser.add_argument("--surrogate-pretrain-epochs", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("runs/real_photos"))
     parser.add_argument("--json", help="result file (default benchmarks/results/real_photos_<eval>.json)")
     args = parser.parse_args()
@@ -139,7 +144,14 @@ def main() -> None:
     protector = MEM(k, preset=args.preset, **settings)
     out = args.out / args.eval
     clock = time.perf_counter()
-    protection = protect_cached(protector, train, out / "protection" / f"mem-{k}", progress=True)
+    surrogate = None
+    if args.surrogate_pretrain_on:
+        other = load_caption_csv(args.surrogate_pretrain_on, args.image_size).preload(progress=False)
+        weights = pretrain_clip(protector.config.surrogate_model, other, None,
+                                TrainConfig(epochs=args.surrogate_pretrain_epochs, batch_size=args.batch_size, seed=protector.config.seed),
+                                out / "surrogate_pretraining", progress=True)
+        surrogate = create_model(protector.config.surrogate_model, weights)
+    protection = protect_cached(protector, train, out / "protection" / f"mem-{k}", progress=True, surrogate=surrogate)
     protect_seconds = time.perf_counter() - clock
     random_id = random_id_protection(train, k, seed=protector.config.seed, vocab_size=protector.config.trigger_vocab_size)
     arms = write_control_sets(train, protection, random_id, out)
@@ -162,6 +174,7 @@ def main() -> None:
         "n_test_images": test.n_images, "protection": {"method": protection.method, "config": protection.config,
                                                        "diagnostics": protection.diagnostics, "shortcut": protection.config.get("shortcut"),
                                                        "seconds": protect_seconds,
+                                                       "surrogate_pretrained_on": None if surrogate is None else str(args.surrogate_pretrain_on),
                                                        "unique_triggers": int(len(np.unique(protection.triggers, axis=0))),
                                                        "example_triggers": protection.trigger_words()[:8]},
         "hacker": {"epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size, "from": "scratch"},
