@@ -1,8 +1,10 @@
-"""Mean and 95 % interval of a figure repeated over seeds, and how tables print them.
+"""Mean and 95 % interval of a figure repeated over seeds (and over test items), and how tables print them.
 
 A hacker trained once says little on small data: retrieval moves by several points between
 seeds. Every study table therefore reports the mean over seeds with the half-width of Student's
-t interval (n - 1 degrees of freedom), and checks use the interval's bounds, not the mean.
+t interval (n - 1 degrees of freedom), and checks use the interval's bounds, not the mean. Where
+the test set itself is small (one photo per person), `bootstrap_interval` also resamples the test
+items, so that a single seed still gets an honest error bar.
 """
 from __future__ import annotations
 
@@ -15,24 +17,26 @@ from scipy import stats
 
 @dataclass(frozen=True)
 class Interval:
-    """The mean of some values and the half-width of its 95 % t interval (0 for one value: no spread is known)."""
+    """The mean of some values (one per seed) and its 95 % interval [low, high]: symmetric for a t interval,
+    possibly not for a bootstrap; [mean, mean] for one seed when no spread is known."""
 
     mean: float
-    half_width: float
+    low: float
+    high: float
     values: tuple[float, ...]
 
     @property
-    def low(self) -> float:
-        return self.mean - self.half_width
-
-    @property
-    def high(self) -> float:
-        return self.mean + self.half_width
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
 
     def format(self, digits: int = 1) -> str:
-        """`12.3 ± 1.4`, or `12.3` for a single value."""
+        """`12.3 ± 1.4` (symmetric), `12.3 [9.0, 16.1]` (a bootstrap interval) or `12.3` (no spread known)."""
         text = f"{self.mean:.{digits}f}"
-        return text if len(self.values) < 2 else f"{text} ± {self.half_width:.{digits}f}"
+        if self.high == self.low and len(self.values) < 2:
+            return text
+        if abs((self.high - self.mean) - (self.mean - self.low)) < 10 ** -(digits + 1):
+            return f"{text} ± {self.half_width:.{digits}f}"
+        return f"{text} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
     def to_dict(self) -> dict:
         return {"mean": self.mean, "ci95": self.half_width, "low": self.low, "high": self.high, "values": list(self.values)}
@@ -43,10 +47,35 @@ def interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     array = np.asarray(values, dtype=float)
     if array.size == 0:
         raise ValueError("an interval needs at least one value")
+    mean = float(array.mean())
     if array.size == 1:
-        return Interval(float(array[0]), 0.0, (float(array[0]),))
-    half = stats.t.ppf(0.5 + confidence / 2, array.size - 1) * array.std(ddof=1) / np.sqrt(array.size)
-    return Interval(float(array.mean()), float(half), tuple(float(v) for v in array))
+        return Interval(mean, mean, mean, (mean,))
+    half = float(stats.t.ppf(0.5 + confidence / 2, array.size - 1) * array.std(ddof=1) / np.sqrt(array.size))
+    return Interval(mean, mean - half, mean + half, tuple(float(v) for v in array))
+
+
+def bootstrap_interval(scores: Sequence[Sequence[float]], confidence: float = 0.95, resamples: int = 4000, seed: int = 0,
+                       scale: float = 100.0) -> Interval:
+    """Mean and percentile interval of a per-item score (e.g. 1 where a test face is named right), resampling both
+    the seeds and the test items: `scores[s][i]` is seed s's score on item i, the same items for every seed.
+
+    Each resample draws seeds with replacement and, independently, items with replacement (the same items for
+    all drawn seeds: they are one test set), so the interval covers both the training noise and the luck of a
+    small test set. `values` holds each seed's mean, times `scale` (percent by default).
+    """
+    array = np.asarray(scores, dtype=float)
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError("scores must be a non-empty seeds x items table")
+    n_seeds, n_items = array.shape
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(n_seeds, size=(resamples, n_seeds))
+    item_draws = rng.integers(n_items, size=(resamples, n_items))
+    per_seed_means = np.stack([array[:, items].mean(axis=1) for items in item_draws])  # resamples x seeds
+    means = np.take_along_axis(per_seed_means, seed_draws, axis=1).mean(axis=1) * scale
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    per_seed = array.mean(axis=1) * scale
+    return Interval(float(per_seed.mean()), float(low), float(high), tuple(float(v) for v in per_seed))
 
 
 def intervals(finals: Sequence[Mapping[str, float]], metrics: Sequence[str] | None = None) -> dict[str, Interval]:

@@ -43,9 +43,14 @@ def _ranks(image_features: torch.Tensor, text_features: torch.Tensor, caption_im
     return (i2t_above, i2t_tied), (t2i_above, t2i_tied)
 
 
+def hits_at(above: torch.Tensor, tied: torch.Tensor, k: int) -> torch.Tensor:
+    """Per query, the probability that its right answer ranks within k when ties are broken at random."""
+    return ((k - above) / (tied + 1)).clamp(0, 1)
+
+
 def recall_at(above: torch.Tensor, tied: torch.Tensor, k: int) -> float:
     """Percent of queries whose right answer ranks within k when ties are broken at random (in expectation)."""
-    return float(((k - above) / (tied + 1)).clamp(0, 1).mean() * 100)
+    return float(hits_at(above, tied, k).mean() * 100)
 
 
 def _summary(above: torch.Tensor, tied: torch.Tensor, prefix: str) -> dict[str, float]:
@@ -61,12 +66,8 @@ def _summary(above: torch.Tensor, tied: torch.Tensor, prefix: str) -> dict[str, 
     return out
 
 
-def retrieval_metrics(image_features, text_features, caption_image_index) -> dict[str, float]:
-    """R@1/5/10, MedR and mean rank for both directions, plus rsum, from unit-norm features.
-
-    `caption_image_index[j]` is the row of `image_features` that caption j describes. An image
-    with no caption is an error (its i2t rank is undefined).
-    """
+def _checked_ranks(image_features, text_features, caption_image_index):
+    """`_ranks` of features given as arrays or tensors, after checking that every caption has an image and every image a caption."""
     image_features = torch.as_tensor(image_features).float().cpu()
     text_features = torch.as_tensor(text_features).float().cpu()
     caption_image = torch.as_tensor(np.asarray(caption_image_index), dtype=torch.long)
@@ -74,10 +75,26 @@ def retrieval_metrics(image_features, text_features, caption_image_index) -> dic
         raise ValueError("caption_image_index must have one entry per caption")
     if torch.bincount(caption_image, minlength=len(image_features)).min() == 0:
         raise ValueError("every image needs at least one caption")
-    i2t, t2i = _ranks(image_features, text_features, caption_image)
+    return _ranks(image_features, text_features, caption_image)
+
+
+def retrieval_metrics(image_features, text_features, caption_image_index) -> dict[str, float]:
+    """R@1/5/10, MedR and mean rank for both directions, plus rsum, from unit-norm features.
+
+    `caption_image_index[j]` is the row of `image_features` that caption j describes. An image
+    with no caption is an error (its i2t rank is undefined).
+    """
+    i2t, t2i = _checked_ranks(image_features, text_features, caption_image_index)
     out = {**_summary(*i2t, "i2t"), **_summary(*t2i, "t2i")}
     out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in KS)
     return out
+
+
+def retrieval_hits(image_features, text_features, caption_image_index, ks=KS) -> dict[str, list[float]]:
+    """Per query, the probability of a hit within k (`i2t_R@k` per image, `t2i_R@k` per caption): what R@k averages,
+    kept per item so that an interval can resample the test set."""
+    i2t, t2i = _checked_ranks(image_features, text_features, caption_image_index)
+    return {f"{prefix}_R@{k}": hits_at(*ranks, k).tolist() for prefix, ranks in (("i2t", i2t), ("t2i", t2i)) for k in ks}
 
 
 def random_guess_metrics(captions_per_image) -> dict[str, float]:

@@ -109,6 +109,13 @@ def test_evaluate_faces_reports_retrieval_random_and_identification(tiny):
     assert report["retrieval"] == pytest.approx(evaluate_retrieval(model, data.test).metrics)
     assert report["retrieval_random"]["t2i_R@1"] == pytest.approx(100 / 8)
     assert report["identification"] == identify(model, data)
+    # the per-face hits average to the reported figures (intervals resample them), one per test face
+    per_face = report["per_face"]
+    assert set(per_face) == {"top1", "top5", "i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5"}
+    assert all(len(hits) == data.test.n_images and all(0 <= h <= 1 for h in hits) for hits in per_face.values())
+    for key, hits in per_face.items():
+        group = "identification" if key.startswith("top") else "retrieval"
+        assert 100 * np.mean(hits) == pytest.approx(report[group][key]), key
     doubled = data.test.with_rows(data.test.captions * 2, np.concatenate([data.test.group_ids] * 2))
     with pytest.raises(ValueError, match="one caption per photo"):
         evaluate_faces(model, dataclasses.replace(data, test=doubled))

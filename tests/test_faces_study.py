@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mem_toolkit.cli import main
+from mem_toolkit.errors import DataError
 from mem_toolkit.studies.faces_cli import parse_hacker_weights
 from mem_toolkit.studies.faces import PRESETS, load_face_data, run_faces_study
 from mem_toolkit.experiment import run_arm
@@ -126,9 +128,9 @@ def test_cli_fine_tunes_a_hacker_from_given_weights(tmp_path, capsys):
     code = main(["--threads", "1", "faces", "--out", str(out), "--preset", "smoke", "--hackers", "mem-tiny-rn", "--pretrained", str(weights)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| MEM-3 |" in printed and "mem-tiny-rn top-1" in printed
+    assert "| MEM-3 |" in printed and "mem-tiny-rn (fine-tuned) top-1" in printed
     saved = json.loads((out / "results.json").read_text())
-    assert saved["hackers"]["mem-tiny-rn"]["weights"] == str(weights)
+    assert list(saved["hackers"]) == ["mem-tiny-rn (fine-tuned)"] and saved["hackers"]["mem-tiny-rn (fine-tuned)"]["weights"] == str(weights)
     runs = [p.name for p in (out / "hackers").iterdir()]
     assert len(runs) == 1 and runs[0].startswith("mem-tiny-rn-from-")
     # the hacker started from the given weights: one epoch moved it only a little away from them
@@ -158,3 +160,63 @@ def test_real_face_photos_run_end_to_end(shared_data, tmp_path):
     assert arms["clean"]["metrics"]["identification"]["chance_top1"] == pytest.approx(2.5)
     assert np.isfinite(arms["mem-3"]["metrics"]["retrieval"]["rsum"])
     assert (tmp_path / "figures" / "attention_image.png").stat().st_size > 5000
+
+
+def test_pretrain_on_other_people_reports_fine_tuned_hackers_beside_scratch(tmp_path):
+    """--pretrain-on synthetic: invented people after the study's, named apart from them, pretrain each architecture;
+    the table then has each hacker from scratch and fine-tuned, and the fine-tuned one starts from those weights."""
+    out = tmp_path / "study"
+    results = run_faces_study(out, "synthetic", SMOKE, ("mem-tiny-rn",), progress=False, pretrain_on="synthetic")
+    assert list(results["hackers"]) == ["mem-tiny-rn", "mem-tiny-rn (fine-tuned)"]
+    pretraining = results["pretraining"]
+    assert pretraining["people"] == SMOKE.pretrain_people and len(pretraining["weights"]) == 1
+    weights = pretraining["weights"][0]
+    assert results["hackers"]["mem-tiny-rn (fine-tuned)"]["weights"] == weights and results["hackers"]["mem-tiny-rn"]["weights"] is None
+    assert "mem-tiny-rn (fine-tuned) top-1" in results["table"] and "none of them in the study" in results["table"]
+    assert (out / "figures" / "curves_mem-tiny-rn-fine-tuned.png").exists()
+    # the study itself is the one without pretraining: same people, same split
+    plain = load_face_data("synthetic", SMOKE, progress=False)
+    assert json.loads((out / "study.json").read_text())["train"] == plain.train.fingerprint()
+    # pretrained weights come from the other people's photos, and the fine-tuned clean hacker started there
+    pretrained_history = json.loads((Path(weights).parent / "arm.json").read_text())
+    assert pretrained_history["config"]["epochs"] == SMOKE.pretrain_epochs
+    start = create_model("mem-tiny-rn", pretrained=weights)
+    tuned = load_model(next((out / "hackers").glob("mem-tiny-rn-from-*")) / "seed0" / "clean" / "model.safetensors")
+    scratch = create_model("mem-tiny-rn", seed=SMOKE.hacker_config().seed)
+    distance = lambda a, b: sum(float((p - q).detach().norm()) for p, q in zip(a.parameters(), b.parameters()))  # noqa: E731
+    assert distance(tuned, start) < distance(tuned, scratch) / 2
+
+
+def test_pretraining_people_must_be_other_people(tmp_path):
+    """A pretraining folder holding the study's own people (or their photos) is refused, naming them; exit 2 at the CLI."""
+    from mem_toolkit.data.faces import generate_faces
+    from mem_toolkit.data.identity import write_identity_folder
+
+    same_people = tmp_path / "same"
+    write_identity_folder(same_people, generate_faces(SMOKE.n_people, SMOKE.photos_per_person, SMOKE.image_size, SMOKE.seed), progress=False)
+    with pytest.raises(DataError) as raised:
+        run_faces_study(tmp_path / "study", "synthetic", SMOKE, ("mem-tiny-rn",), progress=False, pretrain_on=same_people)
+    message = str(raised.value)
+    assert "is also a person of the study" in message and "is the same photo as the study's" in message
+    code = main(["faces", "--out", str(tmp_path / "cli"), "--preset", "smoke", "--pretrain-on", str(same_people)])
+    assert code == 2
+    with pytest.raises(ValueError, match="--people"):
+        run_faces_study(tmp_path / "rest", same_people, SMOKE, ("mem-tiny-rn",), progress=False, pretrain_on="rest")
+
+
+def test_lfw_dev_study_people_and_pretraining_people_are_apart(shared_data):
+    """The documented real-face input: --people N of lfw_dev's 108 people for the study, the others to pretrain on,
+    with no shared person, photo or caption name."""
+    from mem_toolkit.studies.face_sources import pretraining_faces, read_study_photos
+
+    preset = SMOKE
+    photos = read_study_photos(shared_data / "lfw_dev", preset.image_size, people=8, synthetic_people=preset.n_people, progress=False)
+    study = photos.split(preset.seed)
+    other = pretraining_faces("rest", photos, study, preset.image_size, progress=False)
+    assert study.n_people == 8 and study.test.n_images == 8 and other.n_people == 108 - 8
+    assert not set(study.people) & set(other.people) and not set(study.names) & set(other.names)
+    assert not set(study.train.image_paths + study.test.image_paths) & set(other.train.image_paths + other.test.image_paths)
+    assert all(name in caption for name, caption in zip(np.array(study.names)[study.test_identity], study.test.captions))
+    # the choice of study people depends on the seed and the labels only
+    again = read_study_photos(shared_data / "lfw_dev", preset.image_size, people=8, synthetic_people=preset.n_people, progress=False)
+    assert again.study.people == photos.study.people

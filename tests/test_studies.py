@@ -12,7 +12,7 @@ from scipy import stats
 from mem_toolkit.cli import main
 from mem_toolkit.data import make_shapes_split
 from mem_toolkit.data.loaders import load_caption_csv
-from mem_toolkit.intervals import interval, intervals
+from mem_toolkit.intervals import bootstrap_interval, interval, intervals
 from mem_toolkit.studies.grid import Arm, Hacker, run_grid
 from mem_toolkit.studies.robustness import CLEAN, NO_DEFENCE, PRESETS, PRETRAINED, arm_name, run_robustness
 from mem_toolkit.train import TrainConfig
@@ -29,6 +29,21 @@ def test_interval_is_students_t_over_seeds_and_prints_without_spread_for_one_see
     assert set(summary) == {"a", "b"} and summary["b"].half_width == 0 and summary["a"].mean == 2.0
     with pytest.raises(ValueError):
         interval([])
+
+
+def test_bootstrap_interval_resamples_seeds_and_test_items():
+    # one seed, 50 faces of which 10 are named right: 20 % with the spread of a binomial (about ±11 points), not 0
+    one_seed = bootstrap_interval([[1.0] * 10 + [0.0] * 40])
+    assert one_seed.mean == pytest.approx(20.0) and one_seed.values == (20.0,)
+    assert 8.0 <= one_seed.low < 20.0 < one_seed.high <= 33.0
+    assert one_seed.format().startswith("20.0 [") or "±" in one_seed.format()
+    # seeds that disagree widen it; the same seed twice does not narrow it below the items' spread
+    agreeing = bootstrap_interval([[1.0] * 10 + [0.0] * 40] * 2)
+    disagreeing = bootstrap_interval([[1.0] * 2 + [0.0] * 48, [1.0] * 18 + [0.0] * 32])
+    assert disagreeing.mean == pytest.approx(20.0) and disagreeing.high - disagreeing.low > agreeing.high - agreeing.low
+    assert bootstrap_interval([[1.0] * 10 + [0.0] * 40], seed=0) == one_seed  # seeded: the same table, the same interval
+    with pytest.raises(ValueError):
+        bootstrap_interval([[]])
 
 
 def test_grid_trains_each_hacker_on_each_arm_per_seed_reports_intervals_and_rereads_finished_runs(tmp_path):

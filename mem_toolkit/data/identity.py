@@ -9,6 +9,7 @@ photos split alike whatever layout they were read from.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zlib
@@ -159,6 +160,52 @@ def split_faces(
     test = base.with_rows([c for _, c in test_rows], [g for g, _ in test_rows], [i for i, _ in test_images], f"{base.name}-test")
     return FaceData(train, test, np.array([p for _, p in train_images], dtype=np.int64), np.array([p for _, p in test_images], dtype=np.int64),
                     [names[p] for p in kept], [labels[p] for p in kept], templates, seed, problems)
+
+
+def select_people(photos: IdentityPhotos, labels: Sequence[str]) -> IdentityPhotos:
+    """The photos of the given people only (labels as in `photos.people`), people re-indexed in label order."""
+    wanted = set(labels)
+    missing = sorted(wanted - set(photos.people))
+    if missing:
+        raise ValueError(f"{photos.source}: no photos of {missing[:5]}")
+    old_index = [i for i, label in enumerate(photos.people) if label in wanted]
+    new_index = np.full(len(photos.people), -1, dtype=np.int64)
+    new_index[old_index] = np.arange(len(old_index))
+    images = np.flatnonzero(new_index[photos.identity] >= 0)
+    return IdentityPhotos(photos.dataset.select_images(images), new_index[photos.identity[images]], [photos.people[i] for i in old_index],
+                          [photos.keys[i] for i in images], photos.source, list(photos.problems))
+
+
+def partition_people(photos: IdentityPhotos, n_people: int, seed: int = 0) -> tuple[IdentityPhotos, IdentityPhotos]:
+    """Split the people in two: `n_people` of them, chosen from the seed and their labels alone, and everyone else."""
+    if not 1 <= n_people <= len(photos.people):
+        raise ValueError(f"{photos.source} holds {len(photos.people)} people; cannot choose {n_people}")
+    order = sorted(photos.people, key=lambda label: (_rng(seed, f"person:{label}").random(), label))
+    chosen = set(order[:n_people])
+    return select_people(photos, sorted(chosen)), select_people(photos, [p for p in photos.people if p not in chosen])
+
+
+def pseudonyms_avoiding(labels: Sequence[str], taken: Sequence[str], seed: int = 0) -> dict[str, str]:
+    """Label -> invented name for people who must not share a caption name with the `taken` ones (another study's people)."""
+    taken_set = set(taken)
+    free = [name for name in invent_pseudonyms(len(labels) + len(taken_set), seed) if name not in taken_set]
+    return dict(zip(sorted(labels), free))
+
+
+def overlap_problems(study: IdentityPhotos, other: IdentityPhotos) -> list[Problem]:
+    """Why `other` is not disjoint from `study`: people (labels) in both, and photos whose pixels appear in both."""
+    problems = [Problem(other.source, f"person {label!r}", "is also a person of the study; pretraining people must be other people")
+                for label in sorted(set(study.people) & set(other.people))]
+    study_photos = {_pixel_digest(study.dataset, g): key for g, key in enumerate(study.keys)}
+    for g, key in enumerate(other.keys):
+        twin = study_photos.get(_pixel_digest(other.dataset, g))
+        if twin is not None:
+            problems.append(Problem(other.source, key, f"is the same photo as the study's {twin}"))
+    return problems
+
+
+def _pixel_digest(dataset: CaptionDataset, image: int) -> str:
+    return hashlib.sha1(np.ascontiguousarray(dataset.images([image])[0]).tobytes()).hexdigest()
 
 
 def _rng(seed: int, key: str) -> np.random.Generator:

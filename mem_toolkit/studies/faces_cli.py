@@ -18,8 +18,14 @@ def register_faces(commands: argparse._SubParsersAction) -> None:
     faces.add_argument("--pretrained", nargs="+", default=[], metavar="[ARCH=]WEIGHTS",
                        help="fine-tune hackers from these weights (open_clip tag or checkpoint): ARCH=WEIGHTS per architecture, "
                             "or one bare WEIGHTS for a single hacker; the others train from scratch")
+    faces.add_argument("--people", type=int, help="study only N of the people (chosen from the seed; the others can pretrain the hackers)")
+    faces.add_argument("--pretrain-on", metavar="rest|synthetic|DATA",
+                       help="pretrain every hacker architecture on other people first, and report it fine-tuned beside from scratch: "
+                            "'rest' (the people of --data left out by --people), 'synthetic' (invented people) or another identity "
+                            "folder / labels CSV; checked to share no person and no photo with the study")
     faces.add_argument("--surrogate-model", default="mem-tiny-rn", help="architecture of the protection's surrogate")
-    faces.add_argument("--surrogate-pretrained", help="start the surrogate from these weights (default: from scratch)")
+    faces.add_argument("--surrogate-pretrained", help="start the surrogate from these weights, or 'pretrained' for the weights "
+                                                      "--pretrain-on made (default: from scratch)")
     faces.add_argument("--seeds", nargs="+", type=int, help="train every hacker once per seed (default: the preset's; full: 0 1 2); "
                                                               "tables print mean ± 95 %% interval")
     faces.add_argument("--device", default="auto", help="cpu, cuda, or auto")
@@ -49,7 +55,7 @@ def cmd_faces(args) -> int:
     try:
         weights = parse_hacker_weights(args.pretrained, args.hackers)
         results = run_faces_study(args.out, args.data, args.preset, args.hackers, weights, args.surrogate_model, args.surrogate_pretrained,
-                                  device=args.device, seeds=args.seeds)
+                                  device=args.device, seeds=args.seeds, people=args.people, pretrain_on=args.pretrain_on)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
