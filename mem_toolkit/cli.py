@@ -17,9 +17,10 @@ from .studies.faces_cli import register_faces
 from .lock import FolderLocked, output_lock
 
 
-def _add_train_args(parser: argparse.ArgumentParser) -> None:
+def _add_train_args(parser: argparse.ArgumentParser, starting_weights: bool = True) -> None:
     parser.add_argument("--model", default="mem-tiny-rn", help="open_clip model name or bundled config")
-    parser.add_argument("--pretrained", help="open_clip pretrained tag or local checkpoint path (default: from scratch)")
+    if starting_weights:
+        parser.add_argument("--pretrained", help="open_clip pretrained tag or local checkpoint path (default: from scratch)")
     parser.add_argument("--epochs", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -69,6 +70,21 @@ def cmd_train(args) -> int:
         test = load_source(test_of, args, model.image_size) if test_of else None
         history = train_run(model, train, test, _train_config(args), args.out, resume=args.resume)
     print(json.dumps(history.final, indent=2))
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .models import create_model
+    from .pretrain import pretrain_clip
+
+    source = train_source(args)
+    test_of = test_source(args, source)
+    with output_lock(args.out):
+        image_size = create_model(args.model, seed=args.seed).image_size
+        train = load_source(source, args, image_size)
+        held_out = load_source(test_of, args, image_size) if test_of else None
+        weights = pretrain_clip(args.model, train, held_out, _train_config(args), args.out, args.device)
+    print(f"pretrained weights: {weights}\nfine-tune from them with --pretrained {weights} (train, verify, faces, robustness)")
     return 0
 
 
@@ -239,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.set_defaults(func=cmd_train)
 
+    pretrain = commands.add_parser("pretrain", help="pretrain a hacker from scratch on other data, for --pretrained (a pretrained CLIP made "
+                                                     "here, where none can be downloaded); cached and resumable")
+    add_data_args(pretrain)
+    _add_train_args(pretrain, starting_weights=False)
+    pretrain.add_argument("--out", required=True, help="folder: weights/model.safetensors (+ its history; rerunning reuses or resumes it)")
+    pretrain.set_defaults(func=cmd_pretrain)
+
     evaluate = commands.add_parser("evaluate", help="retrieval of a saved model on a clean test set")
     evaluate.add_argument("--checkpoint", required=True, help="model.safetensors written by `train`")
     add_data_args(evaluate, train=None, test="required")
@@ -331,13 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DISTRIBUTED_COMMANDS = ("protect", "train", "verify", "demo", "faces", "robustness")
+DISTRIBUTED_COMMANDS = ("protect", "train", "pretrain", "verify", "demo", "faces", "robustness")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input ends with the full list of problems and exit status 2.
 
-    Under torchrun, `protect`, `train`, `verify`, `demo`, `faces` and `robustness` run in every process and only rank 0 prints;
+    Under torchrun, `protect`, `train`, `pretrain`, `verify`, `demo`, `faces` and `robustness` run in every process and only rank 0 prints;
     the other commands run in one process.
     """
     args = build_parser().parse_args(argv)

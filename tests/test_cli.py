@@ -60,6 +60,23 @@ def test_train_then_evaluate(shapes_folder, tmp_path, capsys):
     assert float(lines[2].split()[-1]) == pytest.approx(saved["random"]["rsum"], abs=0.01)
 
 
+def test_pretrain_saves_weights_that_pretrained_takes_and_reuses_them(shapes_folder, tmp_path, capsys):
+    args = ["pretrain", "--train-csv", str(shapes_folder / "train.csv"), "--test-csv", str(shapes_folder / "test.csv"), "--epochs", "1",
+            "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path / "pre")]
+    assert main(args) == 0
+    weights = tmp_path / "pre" / "weights" / "model.safetensors"
+    assert f"pretrained weights: {weights}" in capsys.readouterr().out and weights.is_file()
+    history = json.loads((weights.parent / "history.json").read_text())
+    assert len(history["epochs"]) == 1 and "t2i_R@10" in history["epochs"][0]  # the held-out set was scored
+    written = weights.stat().st_mtime_ns
+    assert main(args) == 0 and weights.stat().st_mtime_ns == written  # a finished pretraining is reused, not redone
+    assert main(["train", "--train-csv", str(shapes_folder / "train.csv"), "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+                 "--pretrained", str(weights), "--out", str(tmp_path / "tuned")]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--train-csv", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "bad")]) == 2
+    assert "missing.csv" in capsys.readouterr().err
+
+
 def test_resume_of_a_finished_run_adds_nothing(shapes_folder, tmp_path, capsys):
     args = ["train", "--train-csv", str(shapes_folder / "train.csv"), "--epochs", "1", "--batch-size", "32", "--device", "cpu",
             "--out", str(tmp_path / "run")]
