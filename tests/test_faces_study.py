@@ -166,11 +166,13 @@ def test_pretrain_on_other_people_reports_fine_tuned_hackers_beside_scratch(tmp_
     """--pretrain-on synthetic: invented people after the study's, named apart from them, pretrain each architecture;
     the table then has each hacker from scratch and fine-tuned, and the fine-tuned one starts from those weights."""
     out = tmp_path / "study"
-    results = run_faces_study(out, "synthetic", SMOKE, ("mem-tiny-rn",), progress=False, pretrain_on="synthetic")
+    results = run_faces_study(out, "synthetic", SMOKE, ("mem-tiny-rn",), progress=False, pretrain_on="synthetic",
+                              surrogate_pretrained="pretrained")
     assert list(results["hackers"]) == ["mem-tiny-rn", "mem-tiny-rn (fine-tuned)"]
     pretraining = results["pretraining"]
     assert pretraining["people"] == SMOKE.pretrain_people and len(pretraining["weights"]) == 1
     weights = pretraining["weights"][0]
+    assert all(p["surrogate_pretrained"] == weights for p in results["protections"].values())  # the surrogate started there too
     assert results["hackers"]["mem-tiny-rn (fine-tuned)"]["weights"] == weights and results["hackers"]["mem-tiny-rn"]["weights"] is None
     assert "mem-tiny-rn (fine-tuned) top-1" in results["table"] and "none of them in the study" in results["table"]
     assert (out / "figures" / "curves_mem-tiny-rn-fine-tuned.png").exists()
@@ -202,6 +204,11 @@ def test_pretraining_people_must_be_other_people(tmp_path):
     assert code == 2
     with pytest.raises(ValueError, match="--people"):
         run_faces_study(tmp_path / "rest", same_people, SMOKE, ("mem-tiny-rn",), progress=False, pretrain_on="rest")
+    with pytest.raises(ValueError, match="not both"):
+        run_faces_study(tmp_path / "both", "synthetic", SMOKE, ("mem-tiny-rn",), {"mem-tiny-rn": "w.safetensors"}, progress=False,
+                        pretrain_on="synthetic")
+    with pytest.raises(ValueError, match="needs pretrain_on"):
+        run_faces_study(tmp_path / "surrogate", "synthetic", SMOKE, ("mem-tiny-rn",), surrogate_pretrained="pretrained", progress=False)
 
 
 def test_lfw_dev_study_people_and_pretraining_people_are_apart(shared_data):
