@@ -149,8 +149,8 @@ def main() -> None:
         other = load_caption_csv(args.surrogate_pretrain_on, args.image_size).preload(progress=False)
         weights = pretrain_clip(protector.config.surrogate_model, other, None,
                                 TrainConfig(epochs=args.surrogate_pretrain_epochs, batch_size=args.batch_size, seed=protector.config.seed),
-                                out / "surrogate_pretraining", progress=True)
-        surrogate = create_model(protector.config.surrogate_model, weights)
+                                out / "surrogate_pretraining" / f"{other.fingerprint()[:8]}-{args.surrogate_pretrain_epochs}e", progress=True)
+        surrogate = create_model(protector.config.surrogate_model, weights)  # its path names the data: a cached protection is never stale
     protection = protect_cached(protector, train, out / "protection" / f"mem-{k}", progress=True, surrogate=surrogate)
     protect_seconds = time.perf_counter() - clock
     random_id = random_id_protection(train, k, seed=protector.config.seed, vocab_size=protector.config.trigger_vocab_size)

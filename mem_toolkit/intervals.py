@@ -17,13 +17,15 @@ from scipy import stats
 
 @dataclass(frozen=True)
 class Interval:
-    """The mean of some values (one per seed) and its 95 % interval [low, high]: symmetric for a t interval,
-    possibly not for a bootstrap; [mean, mean] for one seed when no spread is known."""
+    """The mean of some values (one per seed) and its 95 % interval [low, high]: `symmetric` for a t interval
+    (printed mean ± half-width), a percentile range for a bootstrap (printed [low, high]); [mean, mean] for one seed
+    when no spread is known."""
 
     mean: float
     low: float
     high: float
     values: tuple[float, ...]
+    symmetric: bool = True
 
     @property
     def half_width(self) -> float:
@@ -34,7 +36,7 @@ class Interval:
         text = f"{self.mean:.{digits}f}"
         if self.high == self.low and len(self.values) < 2:
             return text
-        if abs((self.high - self.mean) - (self.mean - self.low)) < 10 ** -(digits + 1):
+        if self.symmetric:
             return f"{text} ± {self.half_width:.{digits}f}"
         return f"{text} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
@@ -70,12 +72,12 @@ def bootstrap_interval(scores: Sequence[Sequence[float]], confidence: float = 0.
     rng = np.random.default_rng(seed)
     seed_draws = rng.integers(n_seeds, size=(resamples, n_seeds))
     item_draws = rng.integers(n_items, size=(resamples, n_items))
-    per_seed_means = np.stack([array[:, items].mean(axis=1) for items in item_draws])  # resamples x seeds
+    per_seed_means = array[:, item_draws].mean(axis=2).T  # resamples x seeds
     means = np.take_along_axis(per_seed_means, seed_draws, axis=1).mean(axis=1) * scale
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     per_seed = array.mean(axis=1) * scale
-    return Interval(float(per_seed.mean()), float(low), float(high), tuple(float(v) for v in per_seed))
+    return Interval(float(per_seed.mean()), float(low), float(high), tuple(float(v) for v in per_seed), symmetric=False)
 
 
 def intervals(finals: Sequence[Mapping[str, float]], metrics: Sequence[str] | None = None) -> dict[str, Interval]:
