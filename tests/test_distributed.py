@@ -213,6 +213,7 @@ def test_commands_that_run_in_one_process_refuse_several(data, tmp_path):
 # -- the studies -----------------------------------------------------------------------------------
 
 STUDIES_SCRIPT = """
+import json
 import sys
 sys.path.insert(0, {tests!r})
 from test_demo import TINY
@@ -233,8 +234,11 @@ protector = MEM(2, rounds=1, surrogate_steps=2, pgd_steps=1, trigger_rounds=1, c
 transfer = run_transfer(protector, train, test, ["mem-tiny-rn"], ["mem-tiny-vit"], TrainConfig(epochs=1, batch_size=40), out + "/transfer")
 robustness = run_robustness(out + "/robustness", "smoke", progress=False)
 faces = run_faces_study(out + "/faces", "synthetic", "smoke", ["mem-tiny-vit"], progress=False)
-print("rank", distributed.rank(), len(demo["methods"]), transfer.protected["mem-tiny-rn"]["mem-tiny-vit"]["i2t_R@1"],
-      robustness.cell("mem-3", "jpeg75")["t2i_R@1"].mean, faces["hackers"]["mem-tiny-vit"]["arms"]["mem-3"]["metrics"]["identification"]["top1"])
+returned = [len(demo["methods"]), transfer.protected["mem-tiny-rn"]["mem-tiny-vit"]["i2t_R@1"],
+            robustness.cell("mem-3", "jpeg75")["t2i_R@1"].mean, faces["hackers"]["mem-tiny-vit"]["arms"]["mem-3"]["metrics"]["identification"]["top1"]]
+# a file per rank: two processes' prints into one pipe are not a reliable record of both
+with open(out + f"/returned-rank{{distributed.rank()}}.json", "w") as file:
+    json.dump(returned, file)
 distributed.close()
 """
 
@@ -247,9 +251,10 @@ def test_the_studies_run_on_two_processes(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)]
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    returned = sorted(line.split() for line in result.stdout.splitlines() if line.startswith("rank"))
-    assert [r[1] for r in returned] == ["0", "1"] and returned[0][2:] == returned[1][2:]  # the same results on both ranks
-    assert returned[0][2] == str(len(METHOD_ORDER))
+    assert sorted(p.name for p in tmp_path.glob("returned-rank*.json")) == ["returned-rank0.json", "returned-rank1.json"], result.stderr[-3000:]
+    returned = [json.loads((tmp_path / f"returned-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert returned[0] == returned[1]  # the same results on both ranks
+    assert returned[0][0] == len(METHOD_ORDER)
     demo = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert list(demo["methods"]) == METHOD_ORDER and all(m["final"]["epoch"] == 1 for m in demo["methods"].values())
     assert (tmp_path / "demo" / "figures" / "curves.png").stat().st_size > 1000
