@@ -236,7 +236,7 @@ robustness = run_robustness(out + "/robustness", "smoke", progress=False)
 faces = run_faces_study(out + "/faces", "synthetic", "smoke", ["mem-tiny-vit"], progress=False)
 returned = [len(demo["methods"]), transfer.protected["mem-tiny-rn"]["mem-tiny-vit"]["i2t_R@1"],
             robustness.cell("mem-3", "jpeg75")["t2i_R@1"].mean, faces["hackers"]["mem-tiny-vit"]["arms"]["mem-3"]["metrics"]["identification"]["top1"]]
-# a file per rank: two processes' prints into one pipe are not a reliable record of both
+# a file per rank, not a print: in one suite run rank 1's printed line was missing from stdout (cause not found)
 with open(out + f"/returned-rank{{distributed.rank()}}.json", "w") as file:
     json.dump(returned, file)
 distributed.close()
