@@ -220,9 +220,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_robustness(args) -> int:
-    from .studies.robustness import run_robustness
+    from .studies.robustness import PRESETS, choose, run_robustness
 
-    result = run_robustness(args.out, args.preset, device=args.device)
+    preset = choose(PRESETS[args.preset], args.protections, args.defences, args.seeds)
+    result = run_robustness(args.out, preset, device=args.device)
     print(result.table("i2t"))
     print()
     for text, ok in result.checks().items():
@@ -346,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     robustness.add_argument("--preset", choices=["smoke", "quick", "full"], default="quick",
                             help="smoke: seconds, does it run; quick: the likely defences against MEM-3, EM and a random-ID trigger; "
                                  "full: every defence and protection, two seeds")
+    robustness.add_argument("--protections", nargs="+", metavar="NAME",
+                            help="the rows instead of the preset's (uap, em, mem-3, mem-5, mem-3-robust, random-id-trigger); "
+                                 "cached cells are reread, so a row added to a finished study trains only its own hackers")
+    robustness.add_argument("--defences", nargs="+", metavar="NAME", help="the columns instead of the preset's (any defence, or pretrained)")
+    robustness.add_argument("--seeds", nargs="+", type=int, metavar="S", help="hacker seeds instead of the preset's")
     robustness.add_argument("--device", default="auto")
     robustness.set_defaults(func=cmd_robustness)
 

@@ -107,3 +107,33 @@ def test_robustness_command_refuses_an_unknown_preset(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["robustness", "--out", "x", "--preset", "huge"])
     assert exit_info.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_robustness_command_takes_its_rows_columns_and_seeds_from_flags(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["robustness", "--out", str(out), "--preset", "smoke", "--protections", "random-id-trigger",
+                 "--defences", "jpeg75", "--seeds", "0", "1"]) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["sources"] == [CLEAN, "random-id-trigger"] and saved["columns"] == [NO_DEFENCE, "jpeg75"]
+    assert saved["runs"]["seeds"] == [0, 1] and len(saved["runs"]["runs"]["mem-tiny-rn"]) == 4
+    assert all(len(arm["finals"]) == 2 for arm in saved["runs"]["runs"]["mem-tiny-rn"].values())
+    assert "| random-id-trigger |" in capsys.readouterr().out
+
+
+def test_robustness_command_names_every_choice_for_an_unknown_protection_or_defence(capsys):
+    assert main(["robustness", "--out", "x", "--protections", "mem-9", "--defences", "jpeg75", "jpeg12"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown protection or defence 'mem-9', 'jpeg12'" in err and "mem-3-robust" in err
+
+
+def test_pretrained_surrogate_row_starts_its_surrogate_from_weights_the_hacker_never_saw(tmp_path):
+    preset = replace(SMOKE, protections=("mem-3-pretrained-surrogate",), defences=(PRETRAINED,))
+    result = run_robustness(tmp_path, preset, progress=False)
+    config = json.loads((tmp_path / "protections" / "mem-3-pretrained-surrogate" / "protection.json").read_text())["config"]
+    surrogate_weights = Path(config["surrogate_pretrained"])
+    hacker_weights = Path(json.loads((result.grid.runs["mem-tiny-rn"][arm_name(CLEAN, PRETRAINED)][0].folder / "arm.json").read_text())["pretrained"])
+    assert surrogate_weights.is_relative_to(tmp_path / "surrogate_pretrain") and hacker_weights.is_relative_to(tmp_path / "pretrain")
+    # the data owner's and the hacker's pretrainings learned from different scenes
+    owner, hacker = (json.loads((weights.parent / "arm.json").read_text())["data_key"] for weights in (surrogate_weights, hacker_weights))
+    assert owner != hacker
+    assert result.sources == [CLEAN, "mem-3-pretrained-surrogate"] and len(result.grid.runs["mem-tiny-rn"]) == 4

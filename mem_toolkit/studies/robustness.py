@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,8 +26,10 @@ from ..data.loaders import load_caption_csv
 from ..data.shapes import make_shapes_split
 from ..data.writer import write_dataset
 from ..defences import DEFENCES, apply_defence, defended_config, get_defence
+from ..errors import UsageError
 from ..experiment import cache_key, protect_cached, protection_digest
 from ..intervals import Interval, format_cell
+from ..models import create_model
 from ..pretrain import pretrain_clip
 from ..protect import EM, MEM, UAP, Protection, random_id_protection
 from ..protect.export import export_protection
@@ -39,6 +41,7 @@ PRETRAINED = "pretrained"  # the hacker fine-tunes a CLIP pretrained on disjoint
 CLEAN = "clean"
 ROBUST_EOT = ("jpeg", "crop-flip")  # mem-3-robust: the transformations its PGD steps are taken through
 TABLE_METRICS = ("R@1", "R@10", "MedR")
+PROTECTIONS = ("uap", "em", "mem-3", "mem-5", "mem-3-robust", "mem-3-pretrained-surrogate", "random-id-trigger")
 
 
 @dataclass(frozen=True)
@@ -84,9 +87,24 @@ PRESETS: dict[str, RobustnessPreset] = {
     # at most 45 minutes on 2 CPU cores: the likely defences against the protections that matter
     "quick": RobustnessPreset(protections=("mem-3", "em", "random-id-trigger"), defences=LIKELY_DEFENCES, uap=_UAP, em=_EM, mem=_MEM),
     # every defence and protection, two seeds
-    "full": RobustnessPreset(protections=("uap", "em", "mem-3", "mem-5", "mem-3-robust", "random-id-trigger"), defences=tuple(DEFENCES) + (PRETRAINED,),
+    "full": RobustnessPreset(protections=PROTECTIONS, defences=tuple(DEFENCES) + (PRETRAINED,),
                              hacker_epochs=6, seeds=(0, 1), uap=_UAP, em=_EM, mem=_MEM),
 }
+
+
+def choose(preset: RobustnessPreset, protections: Sequence[str] | None = None, defences: Sequence[str] | None = None,
+           seeds: Sequence[int] | None = None) -> RobustnessPreset:
+    """The preset with some of its rows, columns or seeds replaced (None keeps the preset's); unknown names end in one UsageError line.
+
+    Cells are cached by what they hold, so adding a row to a finished study trains only the new row's hackers.
+    """
+    unknown = [name for name in protections or () if name not in PROTECTIONS]
+    unknown += [name for name in defences or () if name not in DEFENCES and name != PRETRAINED]
+    if unknown:
+        raise UsageError(f"unknown protection or defence {', '.join(map(repr, unknown))}; protections: {', '.join(PROTECTIONS)}; "
+                         f"defences: {', '.join((*DEFENCES, PRETRAINED))}")
+    changes = {"protections": protections, "defences": defences, "seeds": seeds}
+    return replace(preset, **{name: tuple(dict.fromkeys(value)) for name, value in changes.items() if value})
 
 
 @dataclass
@@ -199,19 +217,25 @@ def run_robustness(out_dir: str | os.PathLike, preset: str | RobustnessPreset = 
     return result
 
 
-def pretrain_on_disjoint_shapes(preset: RobustnessPreset, folder: Path, device, progress: bool) -> str:
-    """Weights of the preset's hacker architecture trained from scratch on synthetic scenes drawn with another seed.
+# Seed offsets of the disjoint synthetic scenes each pretraining learns from: the hacker's, and the data owner's surrogate's.
+HACKER_PRETRAINING, SURROGATE_PRETRAINING = 7919, 104729
+
+
+def pretrain_on_disjoint_shapes(preset: RobustnessPreset, folder: Path, device, progress: bool, offset: int = HACKER_PRETRAINING,
+                                architecture: str | None = None) -> str:
+    """Weights of `architecture` (default the preset's hacker's) trained from scratch on synthetic scenes drawn with another seed.
 
     No pretrained CLIP can be downloaded here: this stands in for one, honestly made. Its scenes
-    share the embedded data's vocabulary (shapes, colours, backgrounds) but none of its images.
+    share the embedded data's vocabulary (shapes, colours, backgrounds) but none of its images;
+    `offset` picks the draw, so the hacker's and the data owner's pretrainings share no scene either.
     """
-    pretraining, held_out = _pretraining_split(preset)
+    pretraining, held_out = _pretraining_split(preset, offset)
     config = replace(preset.hacker().config, epochs=preset.pretrain_epochs)
-    return str(pretrain_clip(preset.hacker_model, pretraining, held_out, config, folder, device, progress))
+    return str(pretrain_clip(architecture or preset.hacker_model, pretraining, held_out, config, folder, device, progress))
 
 
-def _pretraining_split(preset: RobustnessPreset) -> tuple[CaptionDataset, CaptionDataset]:
-    return make_shapes_split(preset.pretrain_images, 100, preset.image_size, preset.seed + 7919, preset.difficulty)
+def _pretraining_split(preset: RobustnessPreset, offset: int = HACKER_PRETRAINING) -> tuple[CaptionDataset, CaptionDataset]:
+    return make_shapes_split(preset.pretrain_images, 100, preset.image_size, preset.seed + offset, preset.difficulty)
 
 
 def _pretraining_captions(preset: RobustnessPreset, folder: Path, progress: bool) -> Path:
@@ -231,10 +255,17 @@ def _protection(name: str, preset: RobustnessPreset, train: CaptionDataset, out:
                                    "mem-3": lambda: MEM(3, device=device, seed=preset.seed, **preset.mem),
                                    "mem-5": lambda: MEM(5, device=device, seed=preset.seed, **preset.mem),
                                    # the standard remedy: the noise optimised through the hacker's JPEG and crops (EOT)
-                                   "mem-3-robust": lambda: MEM(3, device=device, seed=preset.seed, **(preset.mem | {"eot": ROBUST_EOT}))}
+                                   "mem-3-robust": lambda: MEM(3, device=device, seed=preset.seed, **(preset.mem | {"eot": ROBUST_EOT})),
+                                   "mem-3-pretrained-surrogate": lambda: MEM(3, device=device, seed=preset.seed, **preset.mem)}
     if name not in makers:
-        raise ValueError(f"unknown protection {name!r}; choose from {sorted(makers) + ['random-id-trigger']}")
-    return protect_cached(makers[name](), train, out / "protections" / name, progress)
+        raise UsageError(f"unknown protection {name!r}; choose from {', '.join(PROTECTIONS)}")
+    protector = makers[name]()
+    surrogate = None
+    if name == "mem-3-pretrained-surrogate":  # the data owner's own pretrained CLIP, as a public one would be: not the hacker's
+        weights = pretrain_on_disjoint_shapes(preset, out / "surrogate_pretrain", device, progress, SURROGATE_PRETRAINING,
+                                              protector.config.surrogate_model)
+        surrogate = create_model(protector.config.surrogate_model, weights)
+    return protect_cached(protector, train, out / "protections" / name, progress, surrogate=surrogate)
 
 
 def _published(protection: Protection, digest: str, train: CaptionDataset, folder: Path, progress: bool) -> Path:
