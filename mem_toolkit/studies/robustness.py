@@ -41,7 +41,9 @@ PRETRAINED = "pretrained"  # the hacker fine-tunes a CLIP pretrained on disjoint
 CLEAN = "clean"
 ROBUST_EOT = ("jpeg", "crop-flip")  # mem-3-robust: the transformations its PGD steps are taken through
 TABLE_METRICS = ("R@1", "R@10", "MedR")
-PROTECTIONS = ("uap", "em", "mem-3", "mem-5", "mem-3-robust", "mem-3-pretrained-surrogate", "random-id-trigger")
+PRETRAINED_SURROGATE = "-pretrained-surrogate"  # a protection's name ending in this starts its surrogate from the owner's pretraining
+PROTECTIONS = ("uap", "em", "mem-3", "mem-5", "mem-3-robust", "mem-3" + PRETRAINED_SURROGATE, "mem-3-robust" + PRETRAINED_SURROGATE,
+               "random-id-trigger")
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ PRESETS: dict[str, RobustnessPreset] = {
                               hacker_epochs=1, hacker_batch_size=20, pretrain_images=20, pretrain_epochs=1,
                               mem=dict(rounds=1, surrogate_steps=1, pgd_steps=1, trigger_rounds=1, candidates=2, batch_size=20,
                                        trigger_vocab_size=24)),
-    # at most 45 minutes on 2 CPU cores: the likely defences against the protections that matter
+    # 15 minutes on a quiet 2-core machine (README): the likely defences against the protections that matter
     "quick": RobustnessPreset(protections=("mem-3", "em", "random-id-trigger"), defences=LIKELY_DEFENCES, uap=_UAP, em=_EM, mem=_MEM),
     # every defence and protection, two seeds
     "full": RobustnessPreset(protections=PROTECTIONS, defences=tuple(DEFENCES) + (PRETRAINED,),
@@ -255,13 +257,13 @@ def _protection(name: str, preset: RobustnessPreset, train: CaptionDataset, out:
                                    "mem-3": lambda: MEM(3, device=device, seed=preset.seed, **preset.mem),
                                    "mem-5": lambda: MEM(5, device=device, seed=preset.seed, **preset.mem),
                                    # the standard remedy: the noise optimised through the hacker's JPEG and crops (EOT)
-                                   "mem-3-robust": lambda: MEM(3, device=device, seed=preset.seed, **(preset.mem | {"eot": ROBUST_EOT})),
-                                   "mem-3-pretrained-surrogate": lambda: MEM(3, device=device, seed=preset.seed, **preset.mem)}
-    if name not in makers:
+                                   "mem-3-robust": lambda: MEM(3, device=device, seed=preset.seed, **(preset.mem | {"eot": ROBUST_EOT}))}
+    method = name.removesuffix(PRETRAINED_SURROGATE)
+    if name not in PROTECTIONS or method not in makers:
         raise UsageError(f"unknown protection {name!r}; choose from {', '.join(PROTECTIONS)}")
-    protector = makers[name]()
+    protector = makers[method]()
     surrogate = None
-    if name == "mem-3-pretrained-surrogate":  # the data owner's own pretrained CLIP, as a public one would be: not the hacker's
+    if name != method:  # the data owner's own pretrained CLIP, as a public one would be: not the hacker's
         weights = pretrain_on_disjoint_shapes(preset, out / "surrogate_pretrain", device, progress, SURROGATE_PRETRAINING,
                                               protector.config.surrogate_model)
         surrogate = create_model(protector.config.surrogate_model, weights)
