@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--source", default="mem-3", help="the protection whose mixed copy gives the clean rows (all give the same ones)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/clean_share_floor.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,9 +49,9 @@ def main() -> None:
     test = make_shapes_split(preset.n_train, preset.n_test, preset.image_size, preset.seed, preset.difficulty)[1]
     part = clean_part(args.study, args.source, args.column, preset.image_size)
     hacker = preset.hacker()
-    steps = round(preset.n_train / part.n_images)  # epochs on the clean part that take as many steps as the study's hackers
-    arms = {"same epochs": Arm(part), "same steps": Arm(part, lambda h: replace(h, config=replace(h.config, epochs=h.config.epochs * steps)))}
-    grid = run_grid(arms, test, [hacker], args.study / f"floor-{args.column}", args.seeds, "cpu")
+    longer = round(preset.n_train / part.n_images)  # times the epochs that take as many steps on the clean part as the study's hackers took
+    arms = {"same epochs": Arm(part), "same steps": Arm(part, lambda h: replace(h, config=replace(h.config, epochs=h.config.epochs * longer)))}
+    grid = run_grid(arms, test, [hacker], args.study / f"floor-{args.column}", args.seeds, args.device)
     floors = {name: grid.summary(hacker.label, name) for name in arms}
     report = {"machine": machine(), "study": str(args.study), "column": args.column, "clean_images": part.n_images, "seeds": args.seeds,
               "clean_part_only": {name: {k: v.to_dict() for k, v in floor.items()} for name, floor in floors.items()},

@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="smoke: seconds, does it run; quick: the likely defences against MEM-3, EM and a random-ID trigger; "
                                  "full: every defence and protection, two seeds")
     robustness.add_argument("--protections", nargs="+", metavar="NAME",
-                            help="the rows instead of the preset's (uap, em, mem-3, mem-5, mem-3-robust, random-id-trigger); "
+                            help="the rows instead of the preset's (e.g. mem-3 mem-3-robust; an unknown name lists them all); "
                                  "cached cells are reread, so a row added to a finished study trains only its own hackers")
     robustness.add_argument("--defences", nargs="+", metavar="NAME", help="the columns instead of the preset's (any defence, or pretrained)")
     robustness.add_argument("--seeds", nargs="+", type=int, metavar="S", help="hacker seeds instead of the preset's")
