@@ -112,12 +112,14 @@ def _protector(args):
         "surrogate_model": args.surrogate_model, "surrogate_epochs": args.surrogate_epochs, "seed": args.seed,
         "surrogate_lr": args.surrogate_lr, "surrogate_reset": args.surrogate_reset, "trigger_vocab_size": args.trigger_vocab_size,
         "noise_init": args.noise_init, "step_size": args.step_size, "noise_block": args.noise_block, "eot": args.eot,
-        "strip_share": args.strip_share,
+        "strip_share": args.strip_share, "surrogate_alternate": args.alternate_surrogate or None,
     }.items() if v is not None}
     if args.all_tokens:
         settings["exclude_caption_vocab"] = False
+    if args.alternate_surrogate and not args.surrogate_checkpoint:
+        raise UsageError("--alternate-surrogate takes turns between given weights and fresh ones: give --surrogate-checkpoint")
     if args.method != "mem" and args.trigger_len not in (None, 0):
-        raise SystemExit(f"error: --trigger-len applies to MEM only, not {args.method}")
+        raise UsageError(f"--trigger-len applies to MEM only, not {args.method}")
     try:
         if args.method == "mem":
             return MEM(trigger_len=3 if args.trigger_len is None else args.trigger_len, preset=args.preset, device=args.device, **settings)
@@ -295,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--surrogate-epochs", type=int, help="UAP: epochs of clean surrogate training")
     protect.add_argument("--surrogate-lr", type=float)
     protect.add_argument("--surrogate-reset", type=int, help="restart the surrogate every N rounds (0: never)")
+    protect.add_argument("--alternate-surrogate", action="store_true",
+                         help="with --surrogate-checkpoint and --surrogate-reset: every other restart is a fresh random init instead of those weights")
     protect.add_argument("--trigger-vocab-size", type=int, help="draw triggers from a seeded subset of N words (0: all allowed words)")
     protect.add_argument("--noise-init", choices=["zero", "uniform", "trigger-code"])
     protect.add_argument("--noise-block", type=int, help="keep the noise constant on N x N pixel squares (low-frequency noise)")

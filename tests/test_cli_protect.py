@@ -56,3 +56,10 @@ def test_protect_reports_bad_csv_and_exits_2(tmp_path, capsys):
     assert main(["protect", "--method", "em", "--train-csv", str(bad), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "bad.csv, line 2" in err and "image file not found" in err
+
+
+def test_alternate_surrogate_without_given_weights_is_refused_in_one_line(tmp_path, capsys):
+    assert main(["protect", "--method", "mem", "--alternate-surrogate", "--surrogate-reset", "1", "--train-csv", str(tmp_path / "train.csv"),
+                 "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--alternate-surrogate" in err and "--surrogate-checkpoint" in err

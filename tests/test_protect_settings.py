@@ -69,6 +69,21 @@ def test_surrogate_reset_gives_a_fresh_model_or_the_given_weights(tiny_shapes):
     assert all(torch.equal(surrogate.state_dict()[k], v) for k, v in given.items())
 
 
+def test_alternate_surrogate_takes_turns_between_the_given_weights_and_fresh_ones(tiny_shapes):
+    protector = MEM(3, surrogate_reset=1, surrogate_alternate=True, seed=4)
+    surrogate = create_model("mem-tiny-rn", seed=0)
+    given = {k: v.clone() for k, v in create_model("mem-tiny-rn", seed=7).state_dict().items()}
+    seen = []
+    for round_index in (1, 2, 3, 4):
+        protector._reset_surrogate(surrogate, given, round_index)
+        seen.append(all(torch.equal(surrogate.state_dict()[k], v) for k, v in given.items()))
+    assert seen == [False, True, False, True]  # round 0 starts from the given weights, so odd rounds are the fresh turns
+    with pytest.raises(ValueError, match="needs surrogate_reset"):
+        MEM(3, surrogate_alternate=True)
+    with pytest.raises(ValueError, match="start from a pretrained surrogate"):
+        MEM(3, rounds=1, surrogate_reset=1, surrogate_alternate=True, surrogate_steps=0, pgd_steps=0, trigger_rounds=0).fit(tiny_shapes, progress=False)
+
+
 def test_reset_rounds_are_recorded_and_small_vocabulary_is_respected(tiny_shapes):
     protection = MEM(3, rounds=3, surrogate_reset=2, surrogate_steps=1, pgd_steps=1, trigger_rounds=3, candidates=3,
                      trigger_vocab_size=6, batch_size=24).fit(tiny_shapes, progress=False)

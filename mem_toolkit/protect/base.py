@@ -55,6 +55,7 @@ class ProtectConfig:
     surrogate_model: str = "mem-tiny-rn"
     surrogate_epochs: int = 0  # UAP: epochs of clean training when no surrogate is given
     surrogate_reset: int = 0  # restart the surrogate every N rounds (0: never, as the official code)
+    surrogate_alternate: bool = False  # with given (pretrained) weights: every other restart is a fresh random init instead
     batch_size: int = 128
     trigger_len: int = 0
     trigger_rounds: int = 0
@@ -113,6 +114,8 @@ class Protector:
             raise ValueError("noise_block, code_block >= 1 and cluster_size >= 0 are required")
         if not 0.0 <= c.strip_share <= 1.0:
             raise ValueError(f"strip_share is a share of rows and must be in 0..1, got {c.strip_share}")
+        if c.surrogate_alternate and not c.surrogate_reset:
+            raise ValueError("surrogate_alternate alternates the surrogate's restarts: it needs surrogate_reset >= 1")
         eot_transform(c.eot, (0,))  # refuses unknown names now, not in round one
 
     def get_params(self) -> dict:
@@ -151,6 +154,8 @@ class Protector:
             raise ValueError(f"dataset images are {dataset.image_size} px but the surrogate takes {surrogate.image_size} px")
         state = _RunState.create(self, dataset, surrogate, work_dir)
         given_weights = {k: v.clone() for k, v in surrogate.state_dict().items()} if surrogate.pretrained else None
+        if c.surrogate_alternate and given_weights is None:
+            raise ValueError("surrogate_alternate alternates between given weights and fresh ones: start from a pretrained surrogate")
         optimizer = self._optimizer(surrogate)
         if resume and state.can_resume():
             state.restore(surrogate, optimizer)
@@ -196,8 +201,10 @@ class Protector:
 
     def _reset_surrogate(self, surrogate: ClipModel, given_weights: dict | None, round_index: int) -> None:
         """Back to the given weights, or a fresh random initialisation (new seed per reset), so the noise
-        is shaped for models early in training, like a hacker starting from scratch."""
-        if given_weights is not None:
+        is shaped for models early in training, like a hacker starting from scratch. `surrogate_alternate`
+        takes turns, so one noise must mislead both a model that knows the content and one that does not."""
+        fresh_turn = self.config.surrogate_alternate and (round_index // self.config.surrogate_reset) % 2 == 1
+        if given_weights is not None and not fresh_turn:
             surrogate.load_state_dict(given_weights)
             return
         seed = int(np.random.default_rng([self.config.seed, round_index, 99]).integers(2**31))

@@ -43,7 +43,7 @@ ROBUST_EOT = ("jpeg", "crop-flip")  # mem-3-robust: the transformations its PGD 
 TABLE_METRICS = ("R@1", "R@10", "MedR")
 PRETRAINED_SURROGATE = "-pretrained-surrogate"  # a protection's name ending in this starts its surrogate from the owner's pretraining
 PROTECTIONS = ("uap", "em", "mem-3", "mem-5", "mem-3-robust", "mem-3" + PRETRAINED_SURROGATE, "mem-3-robust" + PRETRAINED_SURROGATE,
-               "random-id-trigger")
+               "mem-3-alternate" + PRETRAINED_SURROGATE, "random-id-trigger")
 
 
 @dataclass(frozen=True)
@@ -257,7 +257,9 @@ def _protection(name: str, preset: RobustnessPreset, train: CaptionDataset, out:
                                    "mem-3": lambda: MEM(3, device=device, seed=preset.seed, **preset.mem),
                                    "mem-5": lambda: MEM(5, device=device, seed=preset.seed, **preset.mem),
                                    # the standard remedy: the noise optimised through the hacker's JPEG and crops (EOT)
-                                   "mem-3-robust": lambda: MEM(3, device=device, seed=preset.seed, **(preset.mem | {"eot": ROBUST_EOT}))}
+                                   "mem-3-robust": lambda: MEM(3, device=device, seed=preset.seed, **(preset.mem | {"eot": ROBUST_EOT})),
+                                   # restarts take turns between the owner's pretrained weights and a fresh init
+                                   "mem-3-alternate": lambda: MEM(3, device=device, seed=preset.seed, **(preset.mem | {"surrogate_alternate": True}))}
     method = name.removesuffix(PRETRAINED_SURROGATE)
     if name not in PROTECTIONS or method not in makers:
         raise UsageError(f"unknown protection {name!r}; choose from {', '.join(PROTECTIONS)}")
