@@ -47,6 +47,8 @@ def main() -> None:
     saved = json.loads((args.study / "results.json").read_text())
     preset = RobustnessPreset(**saved["settings"])
     test = make_shapes_split(preset.n_train, preset.n_test, preset.image_size, preset.seed, preset.difficulty)[1]
+    if test.n_images != saved["runs"]["test"]["images"]:  # the study was run on the user's own data, which results.json does not name
+        raise SystemExit(f"error: {args.study} was not run on the embedded shapes its settings describe; this floor needs that study's test set")
     part = clean_part(args.study, args.source, args.column, preset.image_size)
     hacker = preset.hacker()
     longer = round(preset.n_train / part.n_images)  # times the epochs that take as many steps on the clean part as the study's hackers took

@@ -58,8 +58,10 @@ def test_protect_reports_bad_csv_and_exits_2(tmp_path, capsys):
     assert "bad.csv, line 2" in err and "image file not found" in err
 
 
-def test_alternate_surrogate_without_given_weights_is_refused_in_one_line(tmp_path, capsys):
+def test_settings_that_do_not_fit_together_are_refused_in_one_line_with_exit_2(tmp_path, capsys):
     assert main(["protect", "--method", "mem", "--alternate-surrogate", "--surrogate-reset", "1", "--train-csv", str(tmp_path / "train.csv"),
                  "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--alternate-surrogate" in err and "--surrogate-checkpoint" in err
+    assert main(["protect", "--method", "em", "--trigger-len", "3", "--train-csv", str(tmp_path / "train.csv"), "--out", str(tmp_path / "e")]) == 2
+    assert "--trigger-len applies to MEM only" in capsys.readouterr().err

@@ -152,10 +152,10 @@ class Protector:
         tokenizer = surrogate.tokenizer
         if dataset.image_size != surrogate.image_size:
             raise ValueError(f"dataset images are {dataset.image_size} px but the surrogate takes {surrogate.image_size} px")
+        if c.surrogate_alternate and not surrogate.pretrained:
+            raise ValueError("surrogate_alternate alternates between given weights and fresh ones: start from a pretrained surrogate")
         state = _RunState.create(self, dataset, surrogate, work_dir)
         given_weights = {k: v.clone() for k, v in surrogate.state_dict().items()} if surrogate.pretrained else None
-        if c.surrogate_alternate and given_weights is None:
-            raise ValueError("surrogate_alternate alternates between given weights and fresh ones: start from a pretrained surrogate")
         optimizer = self._optimizer(surrogate)
         if resume and state.can_resume():
             state.restore(surrogate, optimizer)

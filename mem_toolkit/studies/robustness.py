@@ -252,18 +252,18 @@ def _protection(name: str, preset: RobustnessPreset, train: CaptionDataset, out:
     """One protection of the training set (cached in `out/protections/<name>`); the random-ID trigger costs nothing."""
     if name == "random-id-trigger":
         return random_id_protection(train, 3, seed=preset.seed, vocab_size=preset.mem.get("trigger_vocab_size", 0))
-    makers: dict[str, Callable] = {"uap": lambda: UAP(device=device, seed=preset.seed, **preset.uap),
-                                   "em": lambda: EM(device=device, seed=preset.seed, **preset.em),
-                                   "mem-3": lambda: MEM(3, device=device, seed=preset.seed, **preset.mem),
-                                   "mem-5": lambda: MEM(5, device=device, seed=preset.seed, **preset.mem),
-                                   # the standard remedy: the noise optimised through the hacker's JPEG and crops (EOT)
-                                   "mem-3-robust": lambda: MEM(3, device=device, seed=preset.seed, **(preset.mem | {"eot": ROBUST_EOT})),
-                                   # restarts take turns between the owner's pretrained weights and a fresh init
-                                   "mem-3-alternate": lambda: MEM(3, device=device, seed=preset.seed, **(preset.mem | {"surrogate_alternate": True}))}
-    method = name.removesuffix(PRETRAINED_SURROGATE)
-    if name not in PROTECTIONS or method not in makers:
+    if name not in PROTECTIONS:
         raise UsageError(f"unknown protection {name!r}; choose from {', '.join(PROTECTIONS)}")
-    protector = makers[method]()
+    method = name.removesuffix(PRETRAINED_SURROGATE)
+    # MEM rows: trigger length and the settings they add to the preset's
+    mem_rows = {"mem-3": (3, {}), "mem-5": (5, {}),
+                "mem-3-robust": (3, {"eot": ROBUST_EOT}),  # the standard remedy: noise optimised through the hacker's JPEG and crops (EOT)
+                "mem-3-alternate": (3, {"surrogate_alternate": True})}  # restarts take turns between pretrained weights and a fresh init
+    if method in mem_rows:
+        trigger_len, extra = mem_rows[method]
+        protector = MEM(trigger_len, device=device, seed=preset.seed, **(preset.mem | extra))
+    else:
+        protector = {"uap": UAP, "em": EM}[method](device=device, seed=preset.seed, **getattr(preset, method))
     surrogate = None
     if name != method:  # the data owner's own pretrained CLIP, as a public one would be: not the hacker's
         weights = pretrain_on_disjoint_shapes(preset, out / "surrogate_pretrain", device, progress, SURROGATE_PRETRAINING,
