@@ -13,7 +13,6 @@ free baseline); each is scored on the clean test photos. Mean and spread over se
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -33,24 +32,11 @@ from mem_toolkit.pretrain import pretrain_clip  # noqa: E402
 from mem_toolkit.data.writer import write_caption_csv  # noqa: E402
 from mem_toolkit.protect import MEM, random_id_protection  # noqa: E402
 from mem_toolkit.protect.controls import write_control_sets  # noqa: E402
+from mem_toolkit.protect.settings import parse_settings  # noqa: E402
 from mem_toolkit.train import TrainConfig  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vi_photos_dev"
 METRICS = [f"{d}_{m}" for d in ("i2t", "t2i") for m in ("R@1", "R@5", "R@10", "MedR")]
-
-
-def parse_value(text: str):
-    """A command-line setting value as JSON where it parses (numbers, true/false), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_value_pair(item: str) -> tuple[str, object]:
-    """A `KEY=VALUE` setting from the command line as (key, parsed value)."""
-    key, _, value = item.partition("=")
-    return key, parse_value(value)
 
 
 def split_for_evaluation(data: Path, mode: str, image_size: int, seed: int):
@@ -137,7 +123,10 @@ def main() -> None:
         raise SystemExit(f"error: {args.data}/train.csv not found (the real photos live in ../shared/data/vi_photos_dev)")
     threads = args.threads or (2 if args.jobs == 1 else 1)
     torch.set_num_threads(threads)
-    settings = dict(parse_value_pair(item) for item in args.set)
+    try:
+        settings = parse_settings(args.set)
+    except ValueError as error:
+        raise SystemExit(f"error: --set: {error}")
     started = time.perf_counter()
     train, test = split_for_evaluation(args.data, args.eval, args.image_size, seed=0)
     k = args.trigger_len

@@ -149,6 +149,22 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert "name the architecture" in capsys.readouterr().err
     assert main(["faces", "--out", str(tmp_path / "o2"), "--preset", "huge"]) == 2
     assert "unknown preset" in capsys.readouterr().err
+    for setting, problem in (("epz=4", "not a protection setting"), ("eps", "not KEY=VALUE"), ("eps=500", "eps is in 1/255 units")):
+        assert main(["faces", "--out", str(tmp_path / "o3"), "--preset", "smoke", "--set", setting]) == 2
+        error = capsys.readouterr().err
+        assert problem in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "o3").exists()  # refused before any work
+
+
+def test_cli_settings_replace_the_presets_mem_settings(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["--threads", "1", "faces", "--out", str(out), "--preset", "smoke", "--hackers", "mem-tiny-rn",
+                 "--set", "eps=4", "granularity=cluster", "n_clusters=6"]) == 0
+    assert json.loads((out / "results.json").read_text())["preset"]["mem"]["eps"] == 4
+    for name in ("mem-3", "mem-5"):
+        protection = Protection.load(out / "protections" / name)
+        assert protection.config["eps"] == 4 and protection.config["granularity"] == "cluster"
+        assert protection.noise.shape[0] == 6 and np.abs(protection.noise.astype(np.int16)).max() <= 4  # one noise per cluster
 
 
 @pytest.mark.slow

@@ -255,6 +255,7 @@ def run_faces_study(
     seeds: Sequence[int] | None = None,
     people: int | None = None,
     pretrain_on: str | os.PathLike | None = None,
+    mem_settings: Mapping[str, object] | None = None,
 ) -> dict:
     """Run the whole case study into `out_dir` (results.json, results.md, figures/); returns the results dict.
 
@@ -264,6 +265,7 @@ def run_faces_study(
     people (`"rest"` of `data`, `"synthetic"`, or an identity folder / CSV; checked disjoint from the study)
     and report it fine-tuned beside from scratch. `surrogate_pretrained`: starting weights of the protection's
     surrogate (default: from scratch; `"pretrained"`: the weights pretrained on the other people).
+    `mem_settings`: MEM settings over the preset's (`ProtectConfig` names), e.g. per-person noise or a larger ε.
     `seeds`: train every hacker once per seed (default: the preset's); tables give the mean and a 95 %
     interval over seeds and test faces. Under torchrun every process runs it: protections and hackers are
     distributed, rank 0 evaluates and writes.
@@ -271,6 +273,9 @@ def run_faces_study(
     preset = resolve_preset(preset, PRESETS, "face study")
     if seeds is not None:
         preset = replace(preset, seeds=tuple(seeds))
+    if mem_settings:
+        preset = replace(preset, mem=preset.mem | dict(mem_settings))
+        face_protectors(preset, "cpu", surrogate_model)  # a setting out of range is refused before any work
     if pretrain_on is not None and hacker_weights:
         raise ValueError("give hackers either their weights (--pretrained) or data to pretrain on (--pretrain-on), not both")
     if str(surrogate_pretrained) == PRETRAINED_SURROGATE and pretrain_on is None:

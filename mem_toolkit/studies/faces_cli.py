@@ -28,6 +28,8 @@ def register_faces(commands: argparse._SubParsersAction) -> None:
                                                       "--pretrain-on made (default: from scratch)")
     faces.add_argument("--seeds", nargs="+", type=int, help="train every hacker once per seed (default: the preset's; full: 0 1 2); "
                                                               "tables print mean ± 95 %% interval")
+    faces.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="mem_settings",
+                       help="MEM settings over the preset's, e.g. granularity=cluster n_clusters=30 (names as in mem_toolkit.protect.ProtectConfig)")
     faces.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     faces.set_defaults(func=cmd_faces)
 
@@ -50,12 +52,15 @@ def parse_hacker_weights(specs: Sequence[str], hackers: Sequence[str]) -> dict[s
 
 
 def cmd_faces(args) -> int:
+    from ..protect.settings import parse_settings
     from .faces import run_faces_study
 
     try:
         weights = parse_hacker_weights(args.pretrained, args.hackers)
+        settings = parse_settings(args.mem_settings)
         results = run_faces_study(args.out, args.data, args.preset, args.hackers, weights, args.surrogate_model, args.surrogate_pretrained,
-                                  device=args.device, seeds=args.seeds, people=args.people, pretrain_on=args.pretrain_on)
+                                  device=args.device, seeds=args.seeds, people=args.people, pretrain_on=args.pretrain_on,
+                                  mem_settings=settings)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
