@@ -15,7 +15,7 @@ import open_clip
 import torch
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import text_global_pool
+from open_clip.transformer import ResidualAttentionBlock, text_global_pool
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -42,12 +42,14 @@ class ClipModel(nn.Module):
     Text forwards stop at the batch's last end-of-text token (`trim_text`, on by default): open_clip's
     CLIP text tower is causal and pools at the end-of-text token (the largest id of a row), so the
     padding after it changes nothing and costs most of a 77-token forward. `trim_text = False`
-    runs the full context, as open_clip does. A ResNet image tower gets its input channels-last
+    runs the full context, as open_clip does. Of the last text block only the pooled position is computed
+    (`pooled_last_block`, with `trim_text`): nothing else of its output reaches the features. A ResNet image tower gets its input channels-last
     (NHWC), so its convolutions run in the layout oneDNN and cuDNN are fastest in; the weights keep
     the usual layout (checkpoints, safetensors and fused AdamW need no care).
     """
 
     trim_text: bool = True
+    pooled_last_block: bool = True
 
     def __init__(self, clip: nn.Module, name: str, pretrained: str | None, mean, std) -> None:
         super().__init__()
@@ -88,11 +90,10 @@ class ClipModel(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Unit-norm text features; the forward is cut after the batch's last end-of-text token where that is exact."""
-        length = pooled_length(tokens) if self.trim_text and self.text_trimmable else tokens.shape[1]
         tokens = tokens.to(self.device)
         with _text_attention_kernel(tokens.device):
-            if length < tokens.shape[1]:
-                features = trimmed_text_forward(self.clip, tokens[:, :length])
+            if self.trim_text and self.text_trimmable:
+                features = trimmed_text_forward(self.clip, tokens[:, :pooled_length(tokens)], self.pooled_last_block)
             else:
                 features = self.clip.encode_text(tokens)
         return nn.functional.normalize(features, dim=-1)
@@ -145,18 +146,50 @@ def pooled_length(tokens: torch.Tensor) -> int:
     return int(tokens.argmax(dim=-1).max()) + 1
 
 
-def trimmed_text_forward(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's `CLIP.encode_text` for a sequence shorter than the context: positional embedding and
-    causal mask sliced to its length (open_clip adds the full-context ones, which only fit 77 tokens)."""
+def trimmed_text_forward(clip: nn.Module, tokens: torch.Tensor, pooled_last_block: bool = True) -> torch.Tensor:
+    """open_clip's `CLIP.encode_text` for a sequence of at most the context length: positional embedding and
+    causal mask sliced to its length (open_clip adds the full-context ones, which only fit 77 tokens).
+
+    With `pooled_last_block` (where the last block is open_clip's plain one, `pooled_block_applies`) the
+    last block computes only each row's end-of-text position, the one that is pooled: its keys and values
+    still come from every position, but its query, attention output and MLP run on one token a row.
+    """
     n = tokens.shape[1]
     cast_dtype = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(tokens).to(cast_dtype) + clip.positional_embedding[:n].to(cast_dtype)
-    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:n, :n]))
-    x = text_global_pool(x, tokens, clip.text_pool_type)
+    mask = clip.attn_mask[:n, :n]
+    if pooled_last_block and pooled_block_applies(clip.transformer):
+        *blocks, last = clip.transformer.resblocks
+        for block in blocks:
+            x = block(x, attn_mask=mask)
+        x = clip.ln_final(_pooled_block(last, x, tokens.argmax(dim=-1), mask))
+    else:
+        x = clip.ln_final(clip.transformer(x, attn_mask=mask))
+        x = text_global_pool(x, tokens, clip.text_pool_type)
     projection = clip.text_projection
     if projection is None:
         return x
     return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+
+def pooled_block_applies(transformer: nn.Module) -> bool:
+    """Whether the tower's last block can be run at the pooled positions only: open_clip's plain, batch-first
+    self-attention block (no cross attention, no gradient checkpointing, which would bypass it)."""
+    blocks = getattr(transformer, "resblocks", None)
+    return (getattr(transformer, "batch_first", False) and not getattr(transformer, "grad_checkpointing", True) and bool(blocks)
+            and type(blocks[-1]) is ResidualAttentionBlock and not hasattr(blocks[-1], "ln_1_kv"))
+
+
+def _pooled_block(block: ResidualAttentionBlock, x: torch.Tensor, pooled_at: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
+    """`block(x, attn_mask=causal_mask)[rows, pooled_at]`, computed for those positions alone: (B, width)."""
+    rows = torch.arange(len(x), device=x.device)
+    normed = block.ln_1(x)
+    query = normed[rows, pooled_at][:, None]
+    mask = causal_mask[pooled_at][:, None, :].repeat_interleave(block.attn.num_heads, dim=0)  # (B * heads, 1, n)
+    attended = block.attn(query, normed, normed, need_weights=False, attn_mask=mask.to(query.dtype))[0]
+    y = x[rows, pooled_at][:, None] + block.ls_1(attended)
+    y = y + block.ls_2(block.mlp(block.ln_2(y)))
+    return y[:, 0]
 
 
 def create_model(
