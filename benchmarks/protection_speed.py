@@ -54,12 +54,13 @@ class Variant:
     amp: bool
     trim: bool = True
     pooled_last_block: bool = True
+    pooled_attention_pool: bool = True
     channels_last: bool = True
     fused: bool = True
 
 
 MAIN = [Variant("mem_toolkit_bf16", amp=True), Variant("mem_toolkit_fp32", amp=False)]
-ABLATION = [Variant(f"mem_toolkit_{p}_no_{o}", amp=p == "bf16", **{o: False}) for p in ("bf16", "fp32") for o in ("trim", "pooled_last_block", "channels_last", "fused")]
+ABLATION = [Variant(f"mem_toolkit_{p}_no_{o}", amp=p == "bf16", **{o: False}) for p in ("bf16", "fp32") for o in ("trim", "pooled_last_block", "pooled_attention_pool", "channels_last", "fused")]
 
 
 class Bench:
@@ -152,9 +153,10 @@ class Bench:
 
 
 def _configured(model: ClipModel, variant: Variant) -> ClipModel:
-    """`model` with the variant's text trimming and image layout switched on or off."""
+    """`model` with the variant's text trimming, attention pool and image layout switched on or off."""
     model.trim_text = variant.trim
     model.pooled_last_block = variant.pooled_last_block
+    model.pooled_attention_pool = variant.pooled_attention_pool
     model.channels_last = variant.channels_last and isinstance(model.clip.visual, ModifiedResNet)
     return model
 
@@ -188,10 +190,10 @@ def bench_model(name: str, image_size: int, batch: int, reps: int, variants: lis
     bench = Bench(name, image_size, batch, device)
     impls: dict[str, dict[str, Callable[[], dict]]] = {"official": {"surrogate": bench.official_surrogate, "hotflip": bench.official_hotflip,
                                                                     "pgd": bench.official_pgd}}
-    hotflip_of: dict[tuple[bool, bool, bool], str] = {}  # mem_toolkit's HotFlip does not depend on precision or optimizer
+    hotflip_of: dict[tuple[bool, bool, bool, bool], str] = {}  # mem_toolkit's HotFlip does not depend on precision or optimizer
     for v in variants:
         impls[v.name] = {"surrogate": lambda v=v: bench.mem_surrogate(v), "pgd": lambda v=v: bench.mem_pgd(v)}
-        key = (v.trim, v.pooled_last_block, v.channels_last)
+        key = (v.trim, v.pooled_last_block, v.pooled_attention_pool, v.channels_last)
         if key not in hotflip_of:
             hotflip_of[key] = v.name
             impls[v.name]["hotflip"] = lambda v=v: bench.mem_hotflip(v)
@@ -211,7 +213,7 @@ def bench_model(name: str, image_size: int, batch: int, reps: int, variants: lis
                 infos[impl_name][stage].append(info)
                 log(f"{name} rep {rep + 1}/{reps} {stage:9s} {impl_name:32s} {seconds:8.3f} s  load {os.getloadavg()[0]:.2f}")
     for v in variants:  # HotFlip shared across precisions / optimizers
-        source = hotflip_of[(v.trim, v.pooled_last_block, v.channels_last)]
+        source = hotflip_of[(v.trim, v.pooled_last_block, v.pooled_attention_pool, v.channels_last)]
         times[v.name]["hotflip"], infos[v.name]["hotflip"] = times[source]["hotflip"], infos[source]["hotflip"]
     medians = {n: {s: statistics.median(t) for s, t in stages.items()} for n, stages in times.items()}
     runs = {n: per_run(m, batch) for n, m in medians.items()}

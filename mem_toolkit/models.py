@@ -13,7 +13,7 @@ from pathlib import Path
 
 import open_clip
 import torch
-from open_clip.modified_resnet import ModifiedResNet
+from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import ResidualAttentionBlock, text_global_pool
 from safetensors.torch import load_file
@@ -45,11 +45,13 @@ class ClipModel(nn.Module):
     runs the full context, as open_clip does. Of the last text block only the pooled position is computed
     (`pooled_last_block`, with `trim_text`): nothing else of its output reaches the features. A ResNet image tower gets its input channels-last
     (NHWC), so its convolutions run in the layout oneDNN and cuDNN are fastest in; the weights keep
-    the usual layout (checkpoints, safetensors and fused AdamW need no care).
+    the usual layout (checkpoints, safetensors and fused AdamW need no care). Its attention pool computes
+    only the pooled (mean) query (`pooled_attention_pool`): open_clip queries every position and keeps the first.
     """
 
     trim_text: bool = True
     pooled_last_block: bool = True
+    pooled_attention_pool: bool = True
 
     def __init__(self, clip: nn.Module, name: str, pretrained: str | None, mean, std) -> None:
         super().__init__()
@@ -86,7 +88,12 @@ class ClipModel(nn.Module):
         inputs = self.normalise(pixels)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return nn.functional.normalize(self.clip.encode_image(inputs), dim=-1)
+        visual = self.clip.visual
+        if self.pooled_attention_pool and pooled_pool_applies(visual):
+            features = pooled_attention_pool(visual.attnpool, visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(inputs))))))
+        else:
+            features = self.clip.encode_image(inputs)
+        return nn.functional.normalize(features, dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Unit-norm text features; the forward is cut after the batch's last end-of-text token where that is exact."""
@@ -190,6 +197,26 @@ def _pooled_block(block: ResidualAttentionBlock, x: torch.Tensor, pooled_at: tor
     y = x[rows, pooled_at][:, None] + block.ls_1(attended)
     y = y + block.ls_2(block.mlp(block.ln_2(y)))
     return y[:, 0]
+
+
+def pooled_pool_applies(visual: nn.Module) -> bool:
+    """Whether the image tower is open_clip's ModifiedResNet with its own attention pool (not replaced by a head or identity)."""
+    return type(visual) is ModifiedResNet and type(visual.attnpool) is AttentionPool2d
+
+
+def pooled_attention_pool(pool: AttentionPool2d, x: torch.Tensor) -> torch.Tensor:
+    """`pool(x)` (B, C, H, W) -> (B, out) with the attention query of the mean token alone, the one open_clip keeps:
+    keys and values still come from every position, but the query projection, attention output and output
+    projection run on one token an image instead of H * W + 1."""
+    x = x.flatten(2).permute(2, 0, 1)  # (HW, B, C)
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + pool.positional_embedding[:, None, :].to(x.dtype)
+    pooled, _ = nn.functional.multi_head_attention_forward(
+        query=x[:1], key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight, in_proj_weight=None,
+        in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]), bias_k=None, bias_v=None,
+        add_zero_attn=False, dropout_p=0.0, out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
+        use_separate_proj_weight=True, training=pool.training, need_weights=False)
+    return pooled[0]
 
 
 def create_model(

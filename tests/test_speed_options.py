@@ -1,13 +1,16 @@
-"""Speed options that compute the same: fused AdamW and channels-last ResNet image towers."""
+"""Speed options that compute the same: fused AdamW, channels-last ResNet image towers and their one-query attention pool."""
 from __future__ import annotations
 
 import copy
 
+from unittest import mock
+
 import numpy as np
+import pytest
 import torch
 
 from mem_toolkit.loss import clip_loss
-from mem_toolkit.models import create_model, load_model
+from mem_toolkit.models import create_model, load_model, pooled_pool_applies
 from mem_toolkit.train import adamw, parameter_groups
 
 
@@ -56,6 +59,36 @@ def test_resnet_image_tower_runs_channels_last_with_the_same_features(tmp_path):
     loaded = load_model(tmp_path / "model.safetensors").eval()
     with torch.no_grad():
         np.testing.assert_array_equal(loaded.encode_image(pixels).numpy(), model.encode_image(pixels).numpy())
+
+
+
+@pytest.mark.parametrize("name, size", [("mem-tiny-rn", 64), ("RN50", 64)])
+def test_resnet_attention_pool_queries_only_the_pooled_token_with_the_same_features_and_gradients(name, size):
+    """fp32, training mode (batch-norm statistics of the batch): features to 1e-6, weight gradients to 1e-5 of
+    each tensor's largest entry; the key bias's true gradient is zero (softmax does not see a shift of every key)."""
+    model = create_model(name, seed=0, image_size=size).train()
+    plain = copy.deepcopy(model)
+    plain.pooled_attention_pool = False
+    pixels = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(2))
+    queries = []
+    attention = torch.nn.functional.multi_head_attention_forward
+    with mock.patch.object(torch.nn.functional, "multi_head_attention_forward",
+                           side_effect=lambda *a, **k: queries.append(k["query"].shape[0]) or attention(*a, **k)):
+        features, reference = model.encode_image(pixels), plain.encode_image(pixels)
+    positions = (size // 32) ** 2 + 1
+    assert queries == [1, positions]
+    torch.testing.assert_close(features, reference, rtol=0, atol=1e-6)
+    (features * torch.arange(features.shape[1])).sum().backward()
+    (reference * torch.arange(reference.shape[1])).sum().backward()
+    scale = max(float(p.grad.abs().max()) for p in plain.clip.visual.parameters())
+    assert scale > 1.0
+    for (param_name, param), other in zip(model.clip.visual.named_parameters(), plain.clip.visual.parameters()):
+        if param_name == "attnpool.k_proj.bias":  # zero in exact arithmetic: rounding noise in both
+            assert max(float(param.grad.abs().max()), float(other.grad.abs().max())) < 1e-6 * scale
+            continue
+        atol = max(1e-6, 1e-5 * float(other.grad.abs().max()))
+        torch.testing.assert_close(param.grad, other.grad, rtol=0, atol=atol, msg=param_name)
+    assert not pooled_pool_applies(create_model("mem-tiny-vit", seed=0).clip.visual)
 
 
 def _text_gradients(model, encode, tokens, amp: bool) -> tuple[torch.Tensor, list[str]]:
