@@ -46,8 +46,8 @@ class ClipModel(nn.Module):
     (`pooled_last_block`, with `trim_text`): nothing else of its output reaches the features. A ResNet image tower gets its input channels-last
     (NHWC), so its convolutions run in the layout oneDNN and cuDNN are fastest in; the weights keep
     the usual layout (checkpoints, safetensors and fused AdamW need no care). Its attention pool computes
-    only the pooled (mean) query, with the key and value projections folded into it (`pooled_attention_pool`):
-    open_clip queries and projects every position and keeps the first.
+    only the pooled (mean) token's query (`pooled_attention_pool`): open_clip queries every position and
+    keeps the first.
     """
 
     trim_text: bool = True
@@ -208,24 +208,45 @@ def pooled_pool_applies(visual: nn.Module) -> bool:
 def pooled_attention_pool(pool: AttentionPool2d, x: torch.Tensor) -> torch.Tensor:
     """`pool(x)` (B, C, H, W) -> (B, out), computed for the one query open_clip keeps (the mean token's).
 
-    With a single query the key and value projections fold into it (exact in real arithmetic):
-    q . (Wk x_j + bk) = (Wk^T q) . x_j + q . bk, and sum_j a_j (Wv x_j + bv) = Wv (sum_j a_j x_j) + bv,
-    as the weights sum to one. So each head projects its query back to the input width once and weighs
-    the raw tokens, instead of projecting all H * W + 1 of them: about three C x C products an image
-    instead of 2 (H * W + 1) + 1 (RN50 at 224 px, batch 8, one thread: forward and backward of the pool
-    244 -> 47 ms in bf16, 428 -> 55 ms in fp32). The constant q . bk, which the softmax ignores, is kept so
-    that every weight takes part (as in open_clip; DDP expects it).
+    Keys and values still come from all H * W + 1 tokens. Where there are more tokens than heads
+    (RN50 at 224 px: 50 and 32) the key and value projections are folded into the query
+    (`_folded_pool`); with fewer (mem-tiny-rn at 64 px: 5 and 32) the folded query would be larger than
+    the keys it replaces, and the keys and values are projected (`_one_query_pool`).
     """
     tokens = x.flatten(2).permute(0, 2, 1)  # (B, HW, C)
     tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1) + pool.positional_embedding.to(x.dtype)
+    return (_folded_pool if tokens.shape[1] > pool.num_heads else _one_query_pool)(pool, tokens)
+
+
+def _one_query_pool(pool: AttentionPool2d, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's attention of the pool for the first token's query alone; `tokens` (B, n, C)."""
+    tokens = tokens.transpose(0, 1)  # (n, B, C), as torch's attention takes it
+    pooled, _ = nn.functional.multi_head_attention_forward(
+        query=tokens[:1], key=tokens, value=tokens, embed_dim_to_check=tokens.shape[-1], num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight, in_proj_weight=None,
+        in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]), bias_k=None, bias_v=None,
+        add_zero_attn=False, dropout_p=0.0, out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
+        use_separate_proj_weight=True, training=pool.training, need_weights=False)
+    return pooled[0]
+
+
+def _folded_pool(pool: AttentionPool2d, tokens: torch.Tensor) -> torch.Tensor:
+    """The same attention with the key and value projections folded into the one query (exact in real arithmetic).
+
+    q . (Wk x_j + bk) = (Wk^T q) . x_j + q . bk, and sum_j a_j (Wv x_j + bv) = Wv (sum_j a_j x_j) + bv, as
+    the weights sum to one. So each head projects its query back to the input width once and weighs the
+    raw tokens: about three C x C products an image instead of 2n + 1 (RN50 at 224 px, batch 8, one
+    thread: forward and backward of the pool 244 -> 47 ms in bf16, 428 -> 55 ms in fp32). The constant
+    q . bk, which the softmax ignores, is kept so that every weight takes part (as in open_clip; DDP expects it).
+    """
     batch, _, width = tokens.shape
     heads = pool.num_heads
     head_width = width // heads
     query = nn.functional.linear(tokens[:, 0], pool.q_proj.weight, pool.q_proj.bias) * head_width ** -0.5
     folded_query = query.view(batch, heads, head_width).transpose(0, 1) @ pool.k_proj.weight.view(heads, head_width, width)  # (heads, B, C)
     key_bias_logit = (query.view(batch, heads, head_width) * pool.k_proj.bias.view(heads, head_width)).sum(dim=-1, keepdim=True)
-    logits = folded_query.transpose(0, 1) @ tokens.transpose(1, 2) + key_bias_logit  # (B, heads, HW + 1)
-    weights = logits.float().softmax(dim=-1).to(tokens.dtype)
+    logits = folded_query.transpose(0, 1) @ tokens.transpose(1, 2) + key_bias_logit  # (B, heads, n)
+    weights = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(tokens.dtype)  # bf16 logits: softmax in fp32
     mixed = weights @ tokens  # each head's attention-weighted token, (B, heads, C)
     values = mixed.transpose(0, 1) @ pool.v_proj.weight.view(heads, head_width, width).transpose(1, 2)  # (heads, B, head width)
     values = values.transpose(0, 1).reshape(batch, width) + pool.v_proj.bias.to(values.dtype)
