@@ -20,11 +20,12 @@ from mem_toolkit.train import parameter_groups
 
 
 def official_model(model: ClipModel) -> ClipModel:
-    """A copy of `model` that runs as open_clip does: full text context, image input in the default memory layout, every attention-pool query."""
+    """A copy of `model` that runs as open_clip does: full text context, image input in the default memory layout, every attention-pool query, batch norm as its own layer."""
     copied = copy.deepcopy(model)
     copied.trim_text = False
     copied.channels_last = False
     copied.pooled_attention_pool = False
+    copied.fold_batch_norm = False
     return copied
 
 

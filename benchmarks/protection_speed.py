@@ -55,12 +55,13 @@ class Variant:
     trim: bool = True
     pooled_last_block: bool = True
     pooled_attention_pool: bool = True
+    fold_batch_norm: bool = True
     channels_last: bool = True
     fused: bool = True
 
 
 MAIN = [Variant("mem_toolkit_bf16", amp=True), Variant("mem_toolkit_fp32", amp=False)]
-ABLATION = [Variant(f"mem_toolkit_{p}_no_{o}", amp=p == "bf16", **{o: False}) for p in ("bf16", "fp32") for o in ("trim", "pooled_last_block", "pooled_attention_pool", "channels_last", "fused")]
+ABLATION = [Variant(f"mem_toolkit_{p}_no_{o}", amp=p == "bf16", **{o: False}) for p in ("bf16", "fp32") for o in ("trim", "pooled_last_block", "pooled_attention_pool", "fold_batch_norm", "channels_last", "fused")]
 
 
 class Bench:
@@ -153,10 +154,11 @@ class Bench:
 
 
 def _configured(model: ClipModel, variant: Variant) -> ClipModel:
-    """`model` with the variant's text trimming, attention pool and image layout switched on or off."""
+    """`model` with the variant's text trimming, attention pool, batch-norm folding and image layout switched on or off."""
     model.trim_text = variant.trim
     model.pooled_last_block = variant.pooled_last_block
     model.pooled_attention_pool = variant.pooled_attention_pool
+    model.fold_batch_norm = variant.fold_batch_norm
     model.channels_last = variant.channels_last and isinstance(model.clip.visual, ModifiedResNet)
     return model
 

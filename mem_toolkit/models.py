@@ -5,10 +5,11 @@ or a local checkpoint path; small configs bundled with this package train on a l
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import open_clip
@@ -19,6 +20,7 @@ from open_clip.transformer import ResidualAttentionBlock, text_global_pool
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .checkpoint import save_tensors
 from .text import CaptionTokenizer
@@ -53,6 +55,8 @@ class ClipModel(nn.Module):
     trim_text: bool = True
     pooled_last_block: bool = True
     pooled_attention_pool: bool = True
+    fold_batch_norm: bool = True
+    _folded_visual: nn.Module | None = None  # set by `frozen_image_tower`, kept out of the module tree
 
     def __init__(self, clip: nn.Module, name: str, pretrained: str | None, mean, std) -> None:
         super().__init__()
@@ -89,12 +93,27 @@ class ClipModel(nn.Module):
         inputs = self.normalise(pixels)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        visual = self.clip.visual
+        visual = self._folded_visual if self._folded_visual is not None else self.clip.visual
         if self.pooled_attention_pool and pooled_pool_applies(visual):
             features = pooled_attention_pool(visual.attnpool, visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(inputs))))))
         else:
-            features = self.clip.encode_image(inputs)
+            features = visual(inputs)  # what open_clip's encode_image computes before its optional normalisation
         return nn.functional.normalize(features, dim=-1)
+
+    @contextmanager
+    def frozen_image_tower(self):
+        """Within the block `encode_image` runs a frozen copy of an eval-mode ResNet image tower whose batch norms are
+        folded into the convolutions before them (`batch_norm_folded`): for many forwards with unchanged weights
+        (PGD's steps). Exact in real arithmetic; in training mode, or for other towers, nothing changes."""
+        visual = self.clip.visual
+        if not self.fold_batch_norm or visual.training or type(visual) is not ModifiedResNet:
+            yield
+            return
+        object.__setattr__(self, "_folded_visual", batch_norm_folded(visual))
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_folded_visual", None)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Unit-norm text features; the forward is cut after the batch's last end-of-text token where that is exact."""
@@ -198,6 +217,26 @@ def _pooled_block(block: ResidualAttentionBlock, x: torch.Tensor, pooled_at: tor
     y = x[rows, pooled_at][:, None] + block.ls_1(attended)
     y = y + block.ls_2(block.mlp(block.ln_2(y)))
     return y[:, 0]
+
+
+def batch_norm_folded(visual: ModifiedResNet) -> ModifiedResNet:
+    """A frozen eval-mode copy of `visual` with every batch norm folded into the convolution it follows (torch's
+    `fuse_conv_bn_eval`): one affine map fewer per convolution, forward and backward. In fp32 it saves about
+    a sixth of an RN50 forward and input-gradient pass at 224 px.
+    """
+    tower = copy.deepcopy(visual).eval().requires_grad_(False)
+    for module in tower.modules():
+        children = list(module.named_children())
+        for (before, _), (name, norm) in zip([(None, None)] + children, children):
+            conv_name = "conv" + name[2:] if name.startswith("bn") else before  # stem and Bottleneck: bnN follows convN; Sequential: the one before
+            conv = getattr(module, conv_name, None) if conv_name is not None else None
+            if isinstance(norm, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d):
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
+                setattr(module, name, nn.Identity())
+    left = [name for name, m in tower.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if left:
+        raise ValueError(f"batch norms not after a convolution, cannot be folded: {left}")
+    return tower
 
 
 def pooled_pool_applies(visual: nn.Module) -> bool:

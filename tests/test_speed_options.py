@@ -1,7 +1,9 @@
-"""Speed options that compute the same: fused AdamW, channels-last ResNet image towers and their one-query attention pool."""
+"""Speed options that compute the same: fused AdamW, channels-last ResNet image towers, their one-query attention pool
+and their batch norm folded into the convolutions for PGD."""
 from __future__ import annotations
 
 import copy
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -9,7 +11,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mem_toolkit.loss import clip_loss
+from mem_toolkit import models
 from mem_toolkit.models import create_model, load_model, pooled_attention_pool, pooled_pool_applies
+from mem_toolkit.protect.pgd import pgd_noise
 from mem_toolkit.train import adamw, parameter_groups
 
 
@@ -99,6 +103,54 @@ def test_pooled_attention_pool_costs_a_fraction_of_open_clips(side, bound):
             run()
         counts.append(counter.get_total_flops())
     assert 0 < counts[0] < bound * counts[1]
+
+
+
+@pytest.mark.parametrize("name", ["mem-tiny-rn", "RN50"])
+def test_frozen_image_tower_folds_batch_norm_with_the_same_features_and_input_gradients(name):
+    """Eval mode: features agree in fp32 to 1e-6 and the input gradient in float64 to 1e-10 of its largest entry.
+    The folded copy has no batch norm left, is not one of the model's modules, and is gone after the block;
+    in training mode (batch statistics) nothing is folded."""
+    model = create_model(name, seed=0, image_size=64).eval()
+    pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    keys = list(model.state_dict())
+    reference = model.encode_image(pixels)
+    with model.frozen_image_tower():
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model._folded_visual.modules())
+        assert list(model.state_dict()) == keys
+        torch.testing.assert_close(model.encode_image(pixels), reference, rtol=0, atol=1e-6)
+    assert model._folded_visual is None
+    model, pixels = model.double(), pixels.double()
+    gradients = []
+    for folded in (True, False):
+        inputs = pixels.clone().requires_grad_(True)
+        model.fold_batch_norm = folded
+        with model.frozen_image_tower():
+            features = model.encode_image(inputs)
+        (features * torch.arange(features.shape[1])).sum().backward()
+        gradients.append(inputs.grad)
+    assert float(gradients[1].abs().max()) > 0
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=0, atol=1e-10 * float(gradients[1].abs().max()))
+    with model.train().frozen_image_tower():
+        assert model._folded_visual is None
+
+
+def test_pgd_in_fp32_folds_once_per_call_and_gives_the_same_noise():
+    model = create_model("mem-tiny-rn", seed=0)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (16, 3, 64, 64), generator=generator).to(torch.uint8)
+    tokens = model.tokenizer([f"a red circle {i}" for i in range(16)], model.context_length)
+    runs = []
+    for fold in (True, False):
+        model.fold_batch_norm = fold
+        with mock.patch.object(models, "batch_norm_folded", wraps=models.batch_norm_folded) as folding:
+            runs.append(pgd_noise(model, pixels, torch.zeros(16, 3, 64, 64, dtype=torch.int16), torch.arange(16), lambda _step: tokens,
+                                  eps=8, steps=3, amp=False))
+        assert folding.call_count == int(fold)
+    (noise, losses), (plain_noise, plain_losses) = runs
+    assert noise.abs().max() == 3  # three steps of one pixel unit moved the noise
+    assert torch.equal(noise, plain_noise)
+    np.testing.assert_allclose(losses, plain_losses, rtol=0, atol=1e-5)
 
 
 def _text_gradients(model, encode, tokens, amp: bool) -> tuple[torch.Tensor, list[str]]:

@@ -5,13 +5,14 @@ within [-ε, ε]; pixels + noise stay within [0, 255].
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 
 from ..loss import clip_loss
 from ..models import ClipModel
-from ..train import autocast
+from ..train import autocast, native_bf16
 
 
 def pgd_noise(
@@ -34,7 +35,8 @@ def pgd_noise(
     Row i uses `noise[unit_index[i]]` (units shared by several rows get the summed gradient).
     `tokens_for_step(t)` gives the texts for step t (MEM re-shuffles captions every step). Descent
     minimises the CLIP loss (EM, MEM); `ascent=True` maximises it (UAP). Returns the new noise and the
-    loss before each step. Text features need no gradient, so they are computed without one.
+    loss before each step. Text features need no gradient, so they are computed without one; in fp32 a ResNet
+    image tower runs with batch norm folded (`ClipModel.frozen_image_tower`).
     With `block` > 1 the gradient is summed over `block` x `block` squares before its sign is taken,
     so a noise that starts constant on those squares stays so (low-frequency noise: a coarse
     pattern a fresh model picks up early, and one that survives resizing and re-encoding better).
@@ -48,27 +50,31 @@ def pgd_noise(
     one_row_per_unit = len(torch.unique(unit_index)) == len(unit_index)
     losses = []
     model.eval()
-    for step in range(steps):
-        with torch.no_grad(), autocast(device, amp):
-            text_features = model.encode_text(tokens_for_step(step).to(device))
-        delta = noise.float().requires_grad_(True)
-        images = (pixels.float() + delta[unit_index]) / 255.0
-        if transform is not None:
-            images = transform(images, step)
-        with autocast(device, amp):
-            image_features = model.encode_image(images)
-        loss = clip_loss(image_features, text_features.float(), model.logit_scale().detach())
-        (grad,) = torch.autograd.grad(loss, delta)
-        losses.append(loss.item())
-        if block > 1:
-            grad = _block_sum(grad, block)
-        direction = torch.sign(grad).to(torch.int16) * step_size
-        noise = (noise + direction if ascent else noise - direction).clamp_(-eps, eps)
-        if one_row_per_unit:  # exact projection onto valid pixels; shared noise is clipped when applied
-            order = torch.empty_like(unit_index)
-            order[unit_index] = torch.arange(len(unit_index), device=device)
-            base = pixels[order].to(torch.int16)
-            noise = torch.maximum(torch.minimum(noise, 255 - base), -base)
+    # weights fixed for all the steps: batch norm folded into the convolutions, where the passes run in fp32 (RN50 at
+    # 224 px: 8 steps 19.4 -> 17.2 s); in bf16 the folded pass is no faster and folding RN50 costs 0.2 s
+    fp32 = not (amp and native_bf16(device.type))
+    with model.frozen_image_tower() if fp32 else nullcontext():
+        for step in range(steps):
+            with torch.no_grad(), autocast(device, amp):
+                text_features = model.encode_text(tokens_for_step(step).to(device))
+            delta = noise.float().requires_grad_(True)
+            images = (pixels.float() + delta[unit_index]) / 255.0
+            if transform is not None:
+                images = transform(images, step)
+            with autocast(device, amp):
+                image_features = model.encode_image(images)
+            loss = clip_loss(image_features, text_features.float(), model.logit_scale().detach())
+            (grad,) = torch.autograd.grad(loss, delta)
+            losses.append(loss.item())
+            if block > 1:
+                grad = _block_sum(grad, block)
+            direction = torch.sign(grad).to(torch.int16) * step_size
+            noise = (noise + direction if ascent else noise - direction).clamp_(-eps, eps)
+            if one_row_per_unit:  # exact projection onto valid pixels; shared noise is clipped when applied
+                order = torch.empty_like(unit_index)
+                order[unit_index] = torch.arange(len(unit_index), device=device)
+                base = pixels[order].to(torch.int16)
+                noise = torch.maximum(torch.minimum(noise, 255 - base), -base)
     return noise, losses
 
 
