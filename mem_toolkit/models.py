@@ -104,9 +104,10 @@ class ClipModel(nn.Module):
     def frozen_image_tower(self):
         """Within the block `encode_image` runs a frozen copy of an eval-mode ResNet image tower whose batch norms are
         folded into the convolutions before them (`batch_norm_folded`): for many forwards with unchanged weights
-        (PGD's steps). Exact in real arithmetic; in training mode, or for other towers, nothing changes."""
+        (PGD's steps). Exact in real arithmetic; in training mode, or for other towers, nothing changes. Nested
+        blocks share the outer block's copy (a sweep over many batches folds once)."""
         visual = self.clip.visual
-        if not self.fold_batch_norm or visual.training or type(visual) is not ModifiedResNet:
+        if not self.fold_batch_norm or visual.training or type(visual) is not ModifiedResNet or self._folded_visual is not None:
             yield
             return
         object.__setattr__(self, "_folded_visual", batch_norm_folded(visual))
@@ -282,8 +283,9 @@ def _folded_pool(pool: AttentionPool2d, tokens: torch.Tensor) -> torch.Tensor:
     heads = pool.num_heads
     head_width = width // heads
     query = nn.functional.linear(tokens[:, 0], pool.q_proj.weight, pool.q_proj.bias) * head_width ** -0.5
-    folded_query = query.view(batch, heads, head_width).transpose(0, 1) @ pool.k_proj.weight.view(heads, head_width, width)  # (heads, B, C)
-    key_bias_logit = (query.view(batch, heads, head_width) * pool.k_proj.bias.view(heads, head_width)).sum(dim=-1, keepdim=True)
+    per_head = query.view(batch, heads, head_width)
+    folded_query = per_head.transpose(0, 1) @ pool.k_proj.weight.view(heads, head_width, width)  # (heads, B, C)
+    key_bias_logit = (per_head * pool.k_proj.bias.view(heads, head_width)).sum(dim=-1, keepdim=True)
     logits = folded_query.transpose(0, 1) @ tokens.transpose(1, 2) + key_bias_logit  # (B, heads, n)
     weights = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(tokens.dtype)  # bf16 logits: softmax in fp32
     mixed = weights @ tokens  # each head's attention-weighted token, (B, heads, C)

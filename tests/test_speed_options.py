@@ -13,6 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from mem_toolkit.loss import clip_loss
 from mem_toolkit import models
 from mem_toolkit.models import create_model, load_model, pooled_attention_pool, pooled_pool_applies
+from mem_toolkit.data.shapes import make_shapes
+from mem_toolkit.protect import MEM, base
 from mem_toolkit.protect.pgd import pgd_noise
 from mem_toolkit.train import adamw, parameter_groups
 
@@ -151,6 +153,17 @@ def test_pgd_in_fp32_folds_once_per_call_and_gives_the_same_noise():
     assert noise.abs().max() == 3  # three steps of one pixel unit moved the noise
     assert torch.equal(noise, plain_noise)
     np.testing.assert_allclose(losses, plain_losses, rtol=0, atol=1e-5)
+
+
+
+def test_a_mem_noise_sweep_in_fp32_folds_batch_norm_once_per_round():
+    """Two rounds of three batches each (12 images, batches of 4): the surrogate's weights stay fixed during a
+    sweep, so one fold a round."""
+    protector = MEM(2, rounds=2, surrogate_steps=1, pgd_steps=2, trigger_rounds=0, batch_size=4, amp=False)
+    with mock.patch.object(models, "batch_norm_folded", wraps=models.batch_norm_folded) as folding, \
+            mock.patch.object(base, "pgd_noise", wraps=base.pgd_noise) as sweeps:
+        protector.fit(make_shapes(12, 64, seed=4), progress=False)
+    assert sweeps.call_count == 6 and folding.call_count == 2
 
 
 def _text_gradients(model, encode, tokens, amp: bool) -> tuple[torch.Tensor, list[str]]:

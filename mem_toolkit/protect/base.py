@@ -36,7 +36,7 @@ from .artifact import Protection, ProtectedDataset
 from .diagnostics import shortcut_report
 from .eot import eot_transform
 from .hotflip import hotflip_step
-from .pgd import pgd_noise
+from .pgd import frozen_for_pgd, pgd_noise
 from .sharing import sharing_units, sweep_batches, sweep_rows
 from .vocabulary import allowed_trigger_tokens
 
@@ -307,20 +307,21 @@ class Protector:
         batches = self._batches(dataset, protection.unit_of_row, round_index, 3)
         orders = self._caption_orders(batches, round_index)
         losses, started = {}, time.perf_counter()
-        for index, rows in tqdm(_mine(batches), desc="noise step", disable=not progress, leave=False):
-            units, local = np.unique(protection.unit_of_row[rows], return_inverse=True)
-            prefix = protection.triggers[protection.unit_of_row[rows]] if c.trigger_len else None
+        with frozen_for_pgd(surrogate, c.amp):  # weights fixed for the whole sweep: fold once
+            for index, rows in tqdm(_mine(batches), desc="noise step", disable=not progress, leave=False):
+                units, local = np.unique(protection.unit_of_row[rows], return_inverse=True)
+                prefix = protection.triggers[protection.unit_of_row[rows]] if c.trigger_len else None
 
-            def tokens_for_step(step: int, rows=rows, prefix=prefix, order=orders[index][0], stripped=orders[index][1]) -> torch.Tensor:
-                return surrogate.tokenizer.assemble([caption_ids[r] for r in rows[order[step]]], surrogate.context_length, prefix=prefix,
-                                                    with_prefix=None if stripped is None else ~stripped[step])
+                def tokens_for_step(step: int, rows=rows, prefix=prefix, order=orders[index][0], stripped=orders[index][1]) -> torch.Tensor:
+                    return surrogate.tokenizer.assemble([caption_ids[r] for r in rows[order[step]]], surrogate.context_length, prefix=prefix,
+                                                        with_prefix=None if stripped is None else ~stripped[step])
 
-            noise = torch.from_numpy(np.asarray(protection.noise[units])).permute(0, 3, 1, 2)
-            noise, step_losses = pgd_noise(surrogate, dataset.image_batch(rows), noise, torch.from_numpy(local), tokens_for_step,
-                                      eps=c.eps, steps=c.pgd_steps, step_size=c.step_size, ascent=c.ascent, amp=c.amp, block=c.noise_block,
-                                      transform=eot_transform(c.eot, (c.seed, round_index, index)))
-            protection.noise[units] = noise.permute(0, 2, 3, 1).to(torch.int8).cpu().numpy()
-            losses[index] = (step_losses[0], step_losses[-1])
+                noise = torch.from_numpy(np.asarray(protection.noise[units])).permute(0, 3, 1, 2)
+                noise, step_losses = pgd_noise(surrogate, dataset.image_batch(rows), noise, torch.from_numpy(local), tokens_for_step,
+                                          eps=c.eps, steps=c.pgd_steps, step_size=c.step_size, ascent=c.ascent, amp=c.amp, block=c.noise_block,
+                                          transform=eot_transform(c.eot, (c.seed, round_index, index)))
+                protection.noise[units] = noise.permute(0, 2, 3, 1).to(torch.int8).cpu().numpy()
+                losses[index] = (step_losses[0], step_losses[-1])
         if isinstance(protection.noise, np.memmap):
             protection.noise.flush()
         first, last = _in_batch_order(losses)  # also the barrier: every rank's units are written

@@ -49,11 +49,7 @@ def pgd_noise(
     noise = noise.to(device=device, dtype=torch.int16)
     one_row_per_unit = len(torch.unique(unit_index)) == len(unit_index)
     losses = []
-    model.eval()
-    # weights fixed for all the steps: batch norm folded into the convolutions, where the passes run in fp32 (RN50 at
-    # 224 px: 8 steps 19.4 -> 17.2 s); in bf16 the folded pass is no faster and folding RN50 costs 0.2 s
-    fp32 = not (amp and native_bf16(device.type))
-    with model.frozen_image_tower() if fp32 else nullcontext():
+    with frozen_for_pgd(model, amp):
         for step in range(steps):
             with torch.no_grad(), autocast(device, amp):
                 text_features = model.encode_text(tokens_for_step(step).to(device))
@@ -76,6 +72,14 @@ def pgd_noise(
                 base = pixels[order].to(torch.int16)
                 noise = torch.maximum(torch.minimum(noise, 255 - base), -base)
     return noise, losses
+
+
+def frozen_for_pgd(model: ClipModel, amp: bool):
+    """`model` in eval mode, within its `frozen_image_tower` where PGD's passes run in fp32 (batch norm folded into
+    the convolutions: RN50 at 224 px, 8 steps 19.4 -> 17.2 s); in bf16 the folded pass is no faster and folding
+    RN50 costs 0.2 s. A sweep over many batches with unchanged weights enters it once around its `pgd_noise` calls."""
+    model.eval()
+    return model.frozen_image_tower() if not (amp and native_bf16(model.device.type)) else nullcontext()
 
 
 def _block_sum(grad: torch.Tensor, block: int) -> torch.Tensor:
