@@ -49,7 +49,8 @@ class ClipModel(nn.Module):
     (NHWC), so its convolutions run in the layout oneDNN and cuDNN are fastest in; the weights keep
     the usual layout (checkpoints, safetensors and fused AdamW need no care). Its attention pool computes
     only the pooled (mean) token's query (`pooled_attention_pool`): open_clip queries every position and
-    keeps the first.
+    keeps the first. `frozen_image_tower` folds its batch norms into the convolutions for frozen forwards
+    (`fold_batch_norm`). Every flag can be switched off per model, to compare against open_clip's computation.
     """
 
     trim_text: bool = True

@@ -145,9 +145,14 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
+def runs_bf16(device: torch.device, amp: bool) -> bool:
+    """Whether `autocast(device, amp)` computes in bf16: asked for, and the device runs it natively (`native_bf16`)."""
+    return amp and native_bf16(device.type)
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast where asked and the device runs bf16 natively (`native_bf16`), else a no-op context (fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled and native_bf16(device.type) else nullcontext()
+    """bf16 autocast where `runs_bf16`, else a no-op context (fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if runs_bf16(device, enabled) else nullcontext()
 
 
 def batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:

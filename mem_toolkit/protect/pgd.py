@@ -12,7 +12,7 @@ import torch
 
 from ..loss import clip_loss
 from ..models import ClipModel
-from ..train import autocast, native_bf16
+from ..train import autocast, runs_bf16
 
 
 def pgd_noise(
@@ -79,7 +79,7 @@ def frozen_for_pgd(model: ClipModel, amp: bool):
     the convolutions: RN50 at 224 px, 8 steps 19.4 -> 17.2 s); in bf16 the folded pass is no faster and folding
     RN50 costs 0.2 s. A sweep over many batches with unchanged weights enters it once around its `pgd_noise` calls."""
     model.eval()
-    return model.frozen_image_tower() if not (amp and native_bf16(model.device.type)) else nullcontext()
+    return nullcontext() if runs_bf16(model.device, amp) else model.frozen_image_tower()
 
 
 def _block_sum(grad: torch.Tensor, block: int) -> torch.Tensor:
