@@ -9,6 +9,7 @@ from mem_toolkit.data import load_caption_csv
 from mem_toolkit.protect import MEM, StrippedView, random_id_protection
 from mem_toolkit.protect.controls import strip_words, write_control_sets
 from mem_toolkit.protect.diagnostics import surviving_share
+from mem_toolkit.protect.word_code import distinctive_words
 from mem_toolkit.text import CaptionTokenizer
 
 
@@ -34,7 +35,7 @@ def photo_subset(shared_data):
 def test_control_sets_are_what_a_hacker_makes_of_the_published_files(photo_subset, tmp_path):
     protection = MEM(3, preset="photos", rounds=1, surrogate_steps=2, pgd_steps=1, trigger_rounds=1, candidates=2, batch_size=32).fit(
         photo_subset, progress=False)
-    assert protection.n_units == round(photo_subset.n_images / 8)  # photos share noise and trigger by caption cluster
+    assert protection.n_units == photo_subset.n_images  # one noise (a code of its caption words) and one trigger per photo
     random_id = random_id_protection(photo_subset, 3, vocab_size=24)
     sets = write_control_sets(photo_subset, protection, random_id, tmp_path)
     assert sorted(sets) == ["clean", "mem-3", "mem-3-noise-only", "mem-3-trigger-only", "random-id-trigger"]
@@ -64,3 +65,19 @@ def test_shortcut_report_sees_per_photo_triggers_acting_as_ids_on_real_photos(ph
     assert surviving_share(report, "trigger_deleted") < surviving_share(report, "noise_removed")
     assert report["shuffled_caption_loss"] > 0.75 * report["ln_batch"]  # the noise never bound to the trigger
     assert "not bound to the trigger" in report["verdict"]
+
+
+def test_word_code_on_real_photos_keys_the_caption_words(photo_subset):
+    # the photos preset's code step on real photos and captions: it lowers the surrogate's loss on the photos with
+    # their own captions (no trigger), and photos that share all their coded words get one noise
+    protection = MEM(3, preset="photos", rounds=2, surrogate_steps=2, pgd_steps=3, trigger_rounds=0, batch_size=32).fit(
+        photo_subset, progress=False)
+    assert all(record["pgd_loss_last"] < record["pgd_loss_first"] for record in protection.diagnostics)
+    words = distinctive_words(photo_subset, protection.unit_of_row, protection.n_units, 4, 0.02)
+    noise = np.asarray(protection.noise).astype(np.int16)
+    pixels = photo_subset.images(np.arange(photo_subset.n_images)).astype(np.int16)
+    free = (pixels >= 8) & (pixels <= 247)
+    pairs = [(a, b) for a in range(len(words)) for b in range(a + 1, len(words)) if set(words[a]) == set(words[b])]
+    assert pairs, "some photos of the subset share their coded words"
+    assert all(np.array_equal(noise[a][free[a] & free[b]], noise[b][free[a] & free[b]]) for a, b in pairs)
+    assert 0 < np.abs(noise).max() <= 8

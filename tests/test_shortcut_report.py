@@ -6,7 +6,7 @@ import torch
 
 from mem_toolkit.models import create_model
 from mem_toolkit.protect import MEM, random_id_protection
-from mem_toolkit.protect.base import _distinctive_words
+from mem_toolkit.protect.word_code import distinctive_words
 from mem_toolkit.protect.diagnostics import shortcut_report, surviving_share
 from mem_toolkit.protect.pgd import pgd_noise
 from mem_toolkit.train import TrainConfig, train_clip
@@ -46,7 +46,7 @@ def test_caption_code_noise_is_a_key_to_the_caption_words(tiny_shapes):
     data = tiny_shapes.with_rows(captions, np.arange(tiny_shapes.n_images))
     protection = MEM(3, rounds=1, surrogate_steps=0, pgd_steps=0, trigger_rounds=0, noise_init="caption-code", code_words=2).fit(
         data, progress=False)
-    words = _distinctive_words(data, protection.unit_of_row, protection.n_units, 2)
+    words = distinctive_words(data, protection.unit_of_row, protection.n_units, 2)
     assert set(words[0]) == {"red", "circle"} and set(words[5]) == {"green", "star"}  # "a" is in every caption: never distinctive
     noise = np.asarray(protection.noise).astype(np.int16)
     assert np.abs(noise).max() == 8

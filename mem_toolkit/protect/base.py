@@ -39,6 +39,7 @@ from .hotflip import hotflip_step
 from .pgd import frozen_for_pgd, pgd_noise
 from .sharing import sharing_units, sweep_batches, sweep_rows
 from .vocabulary import allowed_trigger_tokens
+from .word_code import WordCode, distinctive_words
 
 
 @dataclass
@@ -73,6 +74,9 @@ class ProtectConfig:
     noise_block: int = 1  # the noise is constant on noise_block x noise_block pixel squares (1: per pixel)
     code_block: int = 8  # noise_init="trigger-code" / "caption-code": side of the squares of each code pattern
     code_words: int = 3  # noise_init="caption-code": caption words coded per unit
+    code_min_share: float = 0.0  # caption-code / noise_code="words": code only words found in at least this share of the photos
+    noise_code: str = "none"  # "words": the noise is a learned code of each unit's caption words (protect.word_code), not free per unit
+    code_lr: float = 0.05  # noise_code="words": Adam's learning rate on the word patterns (pgd_steps steps per batch)
     strip_share: float = 0.0  # share of rows seen with the trigger deleted and their own caption, in surrogate training and PGD
     eot: tuple[str, ...] = ()  # PGD: one of these hacker transformations ("jpeg", "crop-flip") drawn per step, differentiated through
     seed: int = 0
@@ -114,6 +118,10 @@ class Protector:
             raise ValueError("noise_block, code_block >= 1 and cluster_size >= 0 are required")
         if not 0.0 <= c.strip_share <= 1.0:
             raise ValueError(f"strip_share is a share of rows and must be in 0..1, got {c.strip_share}")
+        if c.noise_code not in NOISE_CODES:
+            raise ValueError(f"unknown noise_code {c.noise_code!r}; choose from {NOISE_CODES}")
+        if c.noise_code == "words" and (c.noise_init != "zero" or c.noise_block != 1 or c.eot or c.ascent):
+            raise ValueError("noise_code='words' builds the noise from its word patterns: it takes no noise_init, noise_block, eot or ascent")
         if c.surrogate_alternate and not c.surrogate_reset:
             raise ValueError("surrogate_alternate alternates the surrogate's restarts: it needs surrogate_reset >= 1")
         eot_transform(c.eot, (0,))  # refuses unknown names now, not in round one
@@ -177,7 +185,9 @@ class Protector:
                 record.update(self._surrogate_step(surrogate, replica, optimizer, self._surrogate_view(view, round_index), round_index, progress))
             if c.trigger_len and round_index < c.trigger_rounds:
                 record.update(self._trigger_step(surrogate, dataset, state, allowed, round_index, progress))
-            if c.pgd_steps:
+            if c.pgd_steps and state.code is not None:
+                record.update(self._code_step(surrogate, dataset, state, round_index, progress))
+            elif c.pgd_steps:
                 record.update(self._noise_step(surrogate, dataset, state, round_index, progress))
             record.update(state.trigger_statistics(dataset, tokenizer))
             state.protection.diagnostics.append(record)
@@ -192,6 +202,8 @@ class Protector:
         """Refuse what several processes cannot share: noise held in one process's RAM."""
         if distributed.world_size() == 1:
             return
+        if self.config.noise_code != "none":
+            raise ValueError("noise_code='words' runs in one process: its word patterns are shared by every unit's noise")
         if work_dir is None:
             raise ValueError("a protection run by several processes needs work_dir: its noise is a memory map there that every process writes into")
 
@@ -327,6 +339,31 @@ class Protector:
         first, last = _in_batch_order(losses)  # also the barrier: every rank's units are written
         return {"pgd_loss_first": float(np.mean(first)), "pgd_loss_last": float(np.mean(last)), "noise_seconds": time.perf_counter() - started}
 
+    def _code_step(self, surrogate: ClipModel, dataset: CaptionDataset, state: "_RunState", round_index: int, progress: bool) -> dict:
+        """`pgd_steps` Adam steps on the word patterns per batch (one caption per unit, its own, no trigger: the code
+        keys the caption words), then every unit's stored noise rebuilt from the code. One process: the patterns are
+        shared by all units, so the batches cannot be split over ranks without summing their gradients."""
+        c = self.config
+        protection, code = state.protection, state.code
+        rng = self._rng(round_index, 3)
+        rows_of_unit = [np.flatnonzero(protection.unit_of_row == unit) for unit in range(protection.n_units)]
+        order = rng.permutation(protection.n_units)
+        losses, started = [], time.perf_counter()
+        batches = [order[i:i + c.batch_size] for i in range(0, len(order), c.batch_size) if len(order[i:i + c.batch_size]) >= 2]
+        for units in tqdm(batches, desc="code step", disable=not progress, leave=False):
+            rows = np.array([rng.choice(rows_of_unit[unit]) for unit in units])
+            tokens = dataset.token_batch(rows, surrogate.tokenizer, surrogate.context_length)
+            step_losses = code.train_batch(surrogate, dataset.image_batch(rows), units, tokens, c.pgd_steps, c.amp)
+            losses.append((step_losses[0], step_losses[-1]))
+        for start in range(0, protection.n_units, c.batch_size):
+            units = np.arange(start, min(start + c.batch_size, protection.n_units))
+            images = np.array([rows_of_unit[unit][0] for unit in units])
+            protection.noise[units] = code.int_noise(units, dataset.images(dataset.group_ids[images]))
+        if isinstance(protection.noise, np.memmap):
+            protection.noise.flush()
+        first, last = zip(*losses)
+        return {"pgd_loss_first": float(np.mean(first)), "pgd_loss_last": float(np.mean(last)), "noise_seconds": time.perf_counter() - started}
+
 
 def _mine(batches: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
     """(index, rows) of the batches this rank sweeps; a plan made for more processes than run is swept whole by rank r's share (owner mod size)."""
@@ -349,6 +386,7 @@ class _RunState:
     rounds_done: int = 0
     prepared: bool = False
     prepare_info: dict = field(default_factory=dict)
+    code: WordCode | None = None  # noise_code="words": the learned word code the noise is built from
 
     @classmethod
     def create(cls, protector: Protector, dataset: CaptionDataset, surrogate: ClipModel, work_dir) -> "_RunState":
@@ -365,7 +403,11 @@ class _RunState:
             _initialise_noise(noise, triggers, dataset, unit_of_row, c)
         config = asdict(c) | {"surrogate_name": surrogate.name, "surrogate_pretrained": surrogate.pretrained}
         protection = Protection(protector.method, noise, triggers, unit_of_row, c.eps, dataset.image_size, dataset.fingerprint(), config)
-        return cls(protector, protection, work_dir)
+        code = None
+        if c.noise_code == "words":
+            code = WordCode(distinctive_words(dataset, unit_of_row, n_units, c.code_words, c.code_min_share), dataset.image_size, c.eps,
+                            c.code_lr, protector.device)
+        return cls(protector, protection, work_dir, code=code)
 
     @property
     def state_path(self) -> Path | None:
@@ -384,12 +426,16 @@ class _RunState:
         opt_tensors, opt_info = optimizer_tensors(optimizer)
         tensors = {f"model.{k}": v for k, v in surrogate.clip.state_dict().items()} | opt_tensors
         tensors["triggers"] = torch.from_numpy(np.ascontiguousarray(self.protection.triggers))
+        code_info = None
+        if self.code is not None:
+            code_tensors, code_info = optimizer_tensors(self.code.optimizer, prefix="code_optim.")
+            tensors |= code_tensors | {"code_patterns": self.code.patterns.detach()}
         try:
             save_state(self.state_path, tensors, {
                 "rounds_done": self.rounds_done, "noise_file": noise_file.name, "optimizer": opt_info,
                 "diagnostics": self.protection.diagnostics, "config": self.protection.config,
                 "fingerprint": self.protection.fingerprint, "prepared": self.prepared, "prepare_info": self.prepare_info,
-                "processes": distributed.world_size(),
+                "processes": distributed.world_size(), "code_optimizer": code_info,
             })
         except OutputError:  # the previous state and the snapshot it points at stay; this round's snapshot goes
             noise_file.unlink(missing_ok=True)
@@ -407,6 +453,10 @@ class _RunState:
         surrogate.clip.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         restore_optimizer(optimizer, tensors, info["optimizer"])
         self.protection.triggers[:] = tensors["triggers"].numpy()
+        if self.code is not None:
+            with torch.no_grad():
+                self.code.patterns.copy_(tensors["code_patterns"])
+            restore_optimizer(self.code.optimizer, tensors, info["code_optimizer"], prefix="code_optim.")
         if distributed.is_main():  # the noise map is shared: one process copies the snapshot into it
             self.protection.noise[:] = np.load(self.work_dir / info["noise_file"], mmap_mode="r")
             self.protection.noise.flush()
@@ -439,6 +489,7 @@ class _RunState:
 
 
 NOISE_INITS = ("zero", "uniform", "trigger-code", "caption-code")
+NOISE_CODES = ("none", "words")
 
 
 def _open_noise(work_dir: Path, shape: tuple[int, ...], initialise) -> np.memmap:
@@ -476,7 +527,7 @@ def _initialise_noise(noise: np.ndarray, triggers: np.ndarray, dataset: CaptionD
     if c.noise_init == "trigger-code":
         code_keys = [[[position, int(token)] for position, token in enumerate(trigger)] for trigger in triggers]
     elif c.noise_init == "caption-code":
-        code_keys = [[[zlib.crc32(word.encode())] for word in words] for words in _distinctive_words(dataset, unit_of_row, len(noise), c.code_words)]
+        code_keys = [[[zlib.crc32(word.encode())] for word in words] for words in distinctive_words(dataset, unit_of_row, len(noise), c.code_words, c.code_min_share)]
     for unit in range(len(noise)):
         if c.noise_init == "uniform":
             values = np.random.default_rng([c.seed, unit, 5]).uniform(-c.eps, c.eps, noise.shape[1:])
@@ -487,24 +538,6 @@ def _initialise_noise(noise: np.ndarray, triggers: np.ndarray, dataset: CaptionD
                 values += np.kron(signs, np.ones((c.code_block, c.code_block, 1)))[:size, :size] * c.eps / max(1, len(code_keys[unit]))
         pixels = dataset.images([image_of_unit[unit]])[0].astype(np.int16)
         noise[unit] = np.clip(np.clip(np.rint(values), -c.eps, c.eps), -pixels, 255 - pixels).astype(np.int8)
-
-
-def _distinctive_words(dataset: CaptionDataset, unit_of_row: np.ndarray, n_units: int, count: int) -> list[list[str]]:
-    """The `count` words of highest TF-IDF in each unit's captions (all its rows' captions as one document)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    documents = [[] for _ in range(n_units)]
-    for row, unit in enumerate(unit_of_row):
-        documents[unit].append(dataset.captions[row])
-    vectorizer = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b")
-    weights = vectorizer.fit_transform([" ".join(d) for d in documents])
-    vocabulary = vectorizer.get_feature_names_out()
-    words = []
-    for unit in range(n_units):
-        row = weights.getrow(unit)
-        order = np.lexsort((row.indices, -row.data))[:count]  # highest weight first, ties by word index
-        words.append([str(vocabulary[row.indices[i]]) for i in order])
-    return words
 
 
 def _initial_triggers(protector: Protector, dataset: CaptionDataset, tokenizer, n_units: int) -> np.ndarray:

@@ -7,8 +7,8 @@ from .base import Protector
 class MEM(Protector):
     """Error-minimising noise plus a k-token trigger; the noise step re-shuffles captions so the noise binds to the trigger.
 
-    `MEM(trigger_len=3)` is MEM-3. Presets: `paper` (the official defaults) and `cpu` (scaled for the
-    embedded data on a laptop CPU).
+    `MEM(trigger_len=3)` is MEM-3. Presets: `paper` (the official defaults), `cpu` (scaled for the
+    embedded data on a laptop CPU) and `photos` (real photos: a learned word code as the noise).
     """
 
     method = "mem"
@@ -20,12 +20,12 @@ class MEM(Protector):
         # trained briefly at a higher lr, so the noise<->trigger shortcut is what it learns first
         "cpu": dict(rounds=10, surrogate_steps=20, surrogate_lr=5e-4, surrogate_reset=1, pgd_steps=5, trigger_rounds=2, candidates=8,
                     trigger_vocab_size=24, batch_size=128, eps=8, granularity="image"),
-        # real photos: noise and trigger shared by about 8 photos whose captions agree (k-means over TF-IDF), so a
-        # trigger cannot be a photo ID and the noise alone is a shortcut to the captions; a blocky code of the
-        # trigger as the starting noise, kept blocky (8 px squares) by PGD: a coarse pattern a fresh model learns first
+        # real photos: the noise is a learned code of each photo's caption words (protect.word_code: patterns of words
+        # found in at least 2 % of the photos, trained on fresh surrogates with the photos' own captions), so it keys
+        # the captions a hacker keeps after deleting the trigger; the trigger is HotFlip's, per photo
         "photos": dict(rounds=10, surrogate_steps=20, surrogate_lr=5e-4, surrogate_reset=1, pgd_steps=5, trigger_rounds=2, candidates=8,
-                       trigger_vocab_size=24, batch_size=128, eps=8, granularity="cluster", cluster_size=8, noise_init="trigger-code",
-                       noise_block=8),
+                       trigger_vocab_size=24, batch_size=128, eps=8, granularity="image", noise_code="words", code_words=4,
+                       code_min_share=0.02, strip_share=1.0),
     }
 
     def __init__(self, trigger_len: int = 3, preset: str | None = None, **settings) -> None:
