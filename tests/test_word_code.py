@@ -76,3 +76,12 @@ def test_word_code_refuses_settings_it_replaces():
         MEM(3, noise_code="letters")
     with pytest.raises(ValueError, match="noise_init"):
         MEM(3, noise_code="words", noise_init="trigger-code")
+
+
+def test_word_code_is_refused_under_several_processes(monkeypatch, tmp_path):
+    from mem_toolkit import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match="one process"):
+        MEM(3, noise_code="words")._check_processes(tmp_path)
+    MEM(3)._check_processes(tmp_path)  # the per-unit noise is shared through its memory map: allowed

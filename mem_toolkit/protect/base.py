@@ -346,7 +346,8 @@ class Protector:
         c = self.config
         protection, code = state.protection, state.code
         rng = self._rng(round_index, 3)
-        rows_of_unit = [np.flatnonzero(protection.unit_of_row == unit) for unit in range(protection.n_units)]
+        by_unit = np.argsort(protection.unit_of_row, kind="stable")  # each unit's rows in row order, in one pass
+        rows_of_unit = np.split(by_unit, np.cumsum(np.bincount(protection.unit_of_row, minlength=protection.n_units))[:-1])
         order = rng.permutation(protection.n_units)
         losses, started = [], time.perf_counter()
         batches = [order[i:i + c.batch_size] for i in range(0, len(order), c.batch_size) if len(order[i:i + c.batch_size]) >= 2]

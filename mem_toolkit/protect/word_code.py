@@ -48,7 +48,6 @@ class WordCode:
                     steps: int, amp: bool) -> list[float]:
         """`steps` Adam steps on the patterns for one batch (one row per unit), the surrogate's weights fixed; the loss
         before each. Batch norm runs in training mode (batch statistics), as in the hacker's training that the code must steer."""
-        device = surrogate.device
         surrogate.train()
         trainable = [p for p in surrogate.parameters() if p.requires_grad]
         for param in trainable:
