@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 
 from mem_toolkit.data import load_caption_csv  # noqa: E402
-from mem_toolkit.experiment import protect_cached, random_guess, run_arm  # noqa: E402
+from mem_toolkit.experiment import learnability_cached, protect_cached, random_guess, run_arm  # noqa: E402
 from mem_toolkit.models import create_model  # noqa: E402
 from mem_toolkit.pretrain import pretrain_clip  # noqa: E402
 from mem_toolkit.data.writer import write_caption_csv  # noqa: E402
@@ -116,6 +116,8 @@ def main() -> None:
     parser.add_argument("--surrogate-pretrain-on", type=Path, metavar="CSV",
                         help="start the surrogate (and every restart of it) from weights trained on these other photos (image,caption CSV)")
     parser.add_argument("--surrogate-pretrain-epochs", type=int, default=15)
+    parser.add_argument("--check-epochs", type=int, default=3,
+                        help="the protect command's learnability check, per hacker architecture, on the protected train photos (0: skip)")
     parser.add_argument("--out", type=Path, default=Path("runs/real_photos"))
     parser.add_argument("--json", help="result file (default benchmarks/results/real_photos_<eval>.json)")
     args = parser.parse_args()
@@ -142,6 +144,10 @@ def main() -> None:
         surrogate = create_model(protector.config.surrogate_model, weights)  # its path names the data: a cached protection is never stale
     protection = protect_cached(protector, train, out / "protection" / f"mem-{k}", progress=True, surrogate=surrogate)
     protect_seconds = time.perf_counter() - clock
+    checks = {hacker: learnability_cached(out / "protection" / f"mem-{k}" / f"learnability-{hacker}-{args.check_epochs}e.json", train,
+                                          protection, hacker, args.check_epochs, seeds=[0, 1]) for hacker in args.hackers} if args.check_epochs else {}
+    for hacker, check in checks.items():
+        print(f"learnability ({hacker}): {check['verdict']}", flush=True)
     random_id = random_id_protection(train, k, seed=protector.config.seed, vocab_size=protector.config.trigger_vocab_size)
     arms = write_control_sets(train, protection, random_id, out)
     test_csv = write_caption_csv(out / "test.csv", [(str(Path(test.image_paths[g]).resolve()), c) for g, c in zip(test.group_ids, test.captions)])
@@ -165,7 +171,7 @@ def main() -> None:
                                                        "seconds": protect_seconds,
                                                        "surrogate_pretrained_on": None if surrogate is None else str(args.surrogate_pretrain_on),
                                                        "unique_triggers": int(len(np.unique(protection.triggers, axis=0))),
-                                                       "example_triggers": protection.trigger_words()[:8]},
+                                                       "example_triggers": protection.trigger_words()[:8], "learnability": checks},
         "hacker": {"epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size, "from": "scratch"},
         "runs": runs, "summary": summary, "random_guess": random, "targets": targets(summary, k) if not args.arms else {},
         "table": markdown(summary, random), "seconds": time.perf_counter() - started,

@@ -131,9 +131,11 @@ def _protector(args):
 
 
 def cmd_protect(args) -> int:
-    from .experiment import save_protection, saved_protection
+    from .experiment import learnability_cached, save_protection, saved_protection
     from .models import create_model
 
+    if args.check_epochs < 0 or args.check_seeds < 1:
+        raise UsageError("--check-epochs must be 0 (no check) or more, and --check-seeds at least 1")
     source = train_source(args)
     protector = _protector(args)
     config = protector.config
@@ -156,6 +158,10 @@ def cmd_protect(args) -> int:
         print("example triggers: " + "; ".join(protection.trigger_words()[:5]))
     if protection.config.get("shortcut"):
         print("shortcut: " + protection.config["shortcut"]["verdict"])
+    if args.check_epochs:
+        report = learnability_cached(out / "learnability.json", train, protection, args.check_model or config.surrogate_model,
+                                     args.check_epochs, [config.seed + i for i in range(args.check_seeds)], protector.device)
+        print("learnability: " + report["verdict"])
     return 0
 
 
@@ -190,6 +196,8 @@ def cmd_verify(args) -> int:
         test = load_source(test_source(args, source, required=True), args, protection.image_size)
         config = _train_config(args)
         arms = {"clean": dataset, protection.method: protection.apply(dataset)}
+        if protection.trigger_len:  # what a hacker who deletes the trigger trains on: is the noise doing the work?
+            arms[f"{protection.method}-noise-only"] = protection.apply(dataset, trigger=False)
         results = {name: run_arm(name, data, test, config, out, args.model, args.device) for name, data in arms.items()}
         finals = {name: r.final for name, r in results.items()}
         table = results_table(finals, test, f"hacker {args.model}, {args.epochs} epochs, clean test set")
@@ -314,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--device", default="auto")
     protect.add_argument("--out", required=True, help="protection folder (work/ inside holds per-round checkpoints)")
     protect.add_argument("--resume", action="store_true", help="continue an interrupted run from its last round")
+    protect.add_argument("--check-epochs", type=int, default=0, metavar="N",
+                         help="then train fresh hackers N epochs on the clean, the published and the trigger-deleted pairs of 4/5 of "
+                              "the photos and compare their retrieval on the other fifth, clean (saved as OUT/learnability.json; 0: skip)")
+    protect.add_argument("--check-model", help="--check-epochs: the hackers' architecture (default: the surrogate's)")
+    protect.add_argument("--check-seeds", type=int, default=2, metavar="N",
+                         help="--check-epochs: hackers per view, from seeds SEED..SEED+N-1 (short runs spread: more seeds, firmer verdict)")
     protect.set_defaults(func=cmd_protect, trigger_len=None)
 
     export = commands.add_parser("export", help="write the protected data, ready to publish: PNGs + captions.csv, or webdataset shards")
@@ -325,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_export)
 
-    verify = commands.add_parser("verify", help="train a hacker on clean and on protected data, compare on the clean test set")
+    verify = commands.add_parser("verify", help="train a hacker on clean and on protected data (and, with a trigger, on the photos with the trigger deleted), compare on the clean test set")
     verify.add_argument("--protection", required=True)
     add_data_args(verify, train="override", test="required")
     _add_train_args(verify)

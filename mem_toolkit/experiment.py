@@ -24,6 +24,7 @@ from .intervals import format_cell
 from .metrics import random_guess_metrics
 from .models import ClipModel, create_model, resolve_device
 from .protect import ProtectConfig, ProtectedDataset, Protection, Protector, StrippedView
+from .protect.learnability import learnability_report
 from .train import History, PairSource, TrainConfig, train_run
 
 TABLE_COLUMNS = [("i2t", "R@1"), ("i2t", "R@5"), ("i2t", "R@10"), ("i2t", "MedR"), ("t2i", "R@1"), ("t2i", "R@5"), ("t2i", "R@10"), ("t2i", "MedR")]
@@ -163,6 +164,21 @@ def save_protection(protection: Protection, folder: Path) -> Protection:
     distributed.barrier()
     protection.noise = np.load(folder / "noise.npy", mmap_mode="r")
     return protection
+
+
+def learnability_cached(path: str | os.PathLike, dataset: CaptionDataset, protection: Protection, model_name: str, epochs: int,
+                        seeds: list[int], device: str = "auto", progress: bool = True) -> dict:
+    """`protect.learnability.learnability_report`, reread from `path` when it was made for this protection, hacker and budget."""
+    path = Path(path)
+    key = {"protection": protection_digest(protection), "model": model_name, "epochs": epochs, "seeds": list(seeds)}
+    saved = json.loads(path.read_text()) if path.exists() else None
+    if saved is not None and saved.get("key") == key:
+        return saved
+    report = learnability_report(dataset, protection, model_name, epochs, seeds, device=resolve_device(device),
+                                 progress=progress and distributed.is_main()) | {"key": key}
+    if distributed.is_main():
+        write_json(path, report)
+    return report
 
 
 def same_settings(saved: dict, wanted: dict) -> bool:

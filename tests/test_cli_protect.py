@@ -46,7 +46,7 @@ def test_protect_export_verify_and_resume(tmp_path, capsys):
     assert main(["verify", "--protection", str(protection), "--test-csv", str(data / "test.csv"),
                  "--epochs", "1", "--batch-size", "16"]) == 0
     out = capsys.readouterr().out
-    assert "| clean |" in out and "| mem-2 |" in out and "| random guess |" in out
+    assert "| clean |" in out and "| mem-2 |" in out and "| mem-2-noise-only |" in out and "| random guess |" in out
     assert (protection / "verify" / "verify.json").exists()
 
 

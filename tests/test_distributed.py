@@ -127,7 +127,7 @@ def test_sweeps_split_over_two_processes_give_the_one_process_artifact(data, tmp
     result = _run(["verify", "--protection", str(tmp_path / "two"), "--test-csv", str(data / "test.csv"), "--epochs", "1",
                    "--batch-size", "16"])
     assert result.stdout.count("| mem-2 |") == 1  # printed by rank 0 only
-    assert set(json.loads((tmp_path / "two" / "verify" / "verify.json").read_text())["results"]) == {"clean", "mem-2"}
+    assert set(json.loads((tmp_path / "two" / "verify" / "verify.json").read_text())["results"]) == {"clean", "mem-2", "mem-2-noise-only"}
 
 
 def test_two_processes_sweep_clusters_each_cluster_in_one_process(data, tmp_path, monkeypatch):

@@ -76,7 +76,8 @@ def surviving_share(report: dict, view: str) -> float:
 def verdict(report: dict) -> str:
     """One line for the user: which cue the surrogate matches by, and what that means for a hacker."""
     if report["protected_accuracy"] < 2 * report["chance_accuracy"]:
-        return "the surrogate matches nothing above chance: no shortcut formed (train the surrogate longer or check the data)"
+        return ("the end-of-run surrogate matches nothing above chance, so it cannot say whether a shortcut formed "
+                "(a surrogate restarted every round ends there): --check-epochs 3 trains fresh hackers on the result")
     if "trigger_deleted_accuracy" not in report:
         return f"clean pairs keep {surviving_share(report, 'clean'):.0%} of the protected pairs' matching"
     without_trigger, without_noise = surviving_share(report, "trigger_deleted"), surviving_share(report, "noise_removed")
