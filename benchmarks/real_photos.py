@@ -6,7 +6,8 @@ original captions (noise only = the trigger stripped) and one random k-word trig
 free baseline); each is scored on the clean test photos. Mean and spread over seeds, JSON out.
 
 `--eval validation` holds a fifth of the train photos out as the test set, for choosing settings;
-`--eval test` uses the fixed test split and is for reporting only (never tune on it).
+`--eval test` uses the fixed test split and is for reporting only (never tune on it). `--defences` also
+hacks every arm after each named defence (JPEG, blur, crops, ...), as a hacker who expects protection would.
 
     python benchmarks/real_photos.py --eval validation --preset photos --seeds 0 1
 """
@@ -26,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 
 from mem_toolkit.data import load_caption_csv  # noqa: E402
+from mem_toolkit.defences import apply_defence, defended_config, get_defence  # noqa: E402
+from mem_toolkit.errors import DefenceError  # noqa: E402
 from mem_toolkit.experiment import learnability_cached, protect_cached, random_guess, run_arm  # noqa: E402
 from mem_toolkit.models import create_model  # noqa: E402
 from mem_toolkit.pretrain import pretrain_clip  # noqa: E402
@@ -55,6 +58,8 @@ def hack(job: dict) -> dict:
     train = load_caption_csv(job["csv"], job["image_size"]).preload(progress=False)
     test = load_caption_csv(job["test_csv"], job["image_size"]).preload(progress=False)
     config = TrainConfig(epochs=job["epochs"], batch_size=job["batch_size"], seed=job["seed"] + 1)
+    if job["defence"]:
+        config = defended_config(job["defence"], config)
     result = run_arm(job["arm"], train, test, config, Path(job["out"]) / job["hacker"] / f"seed{job['seed']}", job["hacker"], progress=False)
     return {"arm": job["arm"], "hacker": job["hacker"], "seed": job["seed"], "final": result.final, "seconds": result.seconds,
             "final_loss": result.final["loss"]}
@@ -69,6 +74,18 @@ def summarise(runs: list[dict]) -> dict:
                                "min": float(np.min([f[m] for f in finals])), "max": float(np.max([f[m] for f in finals])),
                                "values": [f[m] for f in finals]} for m in METRICS + ["loss"]}
                      for arm, finals in arms.items()} for hacker, arms in table.items()}
+
+
+def defended_arms(arms: dict[str, Path], defences: list[str], out: Path) -> dict[str, tuple[Path, str | None]]:
+    """Each arm's CSV with its hacker's defence (None), and every arm after each defence as `arm+defence`: a defence of
+    the files is applied to a copy of them, a training defence only changes that hacker's settings."""
+    jobs: dict[str, tuple[Path, str | None]] = {name: (path, None) for name, path in arms.items()}
+    for defence in defences:
+        training = get_defence(defence).kind == "training"
+        for name, path in arms.items():
+            defended = path if training else apply_defence(defence, path, out / "defended" / defence / name, progress=False)
+            jobs[f"{name}+{defence}"] = (defended, defence if training else None)
+    return jobs
 
 
 def targets(summary: dict, k: int) -> dict[str, bool]:
@@ -108,6 +125,8 @@ def main() -> None:
     parser.add_argument("--hackers", nargs="+", default=["mem-tiny-rn", "mem-tiny-vit"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--arms", nargs="*", help="only these arms (default: all)")
+    parser.add_argument("--defences", nargs="*", default=[], metavar="NAME",
+                        help="also hack every arm after each of these defences (mem-toolkit defend --help lists them), as ARM+NAME")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=64)
@@ -123,6 +142,13 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.data / "train.csv").exists():
         raise SystemExit(f"error: {args.data}/train.csv not found (the real photos live in ../shared/data/vi_photos_dev)")
+    for defence in args.defences:
+        try:
+            chosen = get_defence(defence)
+        except DefenceError as error:
+            raise SystemExit(f"error: --defences: {error}")
+        if chosen.kind == "data" or "vocabulary" in chosen.inputs:
+            raise SystemExit(f"error: --defences: {defence} needs inputs of its own (clean images or a vocabulary); use mem-toolkit robustness")
     threads = args.threads or (2 if args.jobs == 1 else 1)
     torch.set_num_threads(threads)
     try:
@@ -153,9 +179,10 @@ def main() -> None:
     test_csv = write_caption_csv(out / "test.csv", [(str(Path(test.image_paths[g]).resolve()), c) for g, c in zip(test.group_ids, test.captions)])
     if args.arms:
         arms = {name: path for name, path in arms.items() if name in args.arms}
-    jobs = [{"arm": arm, "csv": str(path), "test_csv": str(test_csv), "hacker": hacker, "seed": seed, "epochs": args.epochs,
-             "batch_size": args.batch_size, "image_size": args.image_size, "out": str(out / "hackers"), "threads": threads}
-            for seed in args.seeds for hacker in args.hackers for arm, path in arms.items()]
+    jobs = [{"arm": arm, "csv": str(path), "defence": defence, "test_csv": str(test_csv), "hacker": hacker, "seed": seed,
+             "epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size, "out": str(out / "hackers"),
+             "threads": threads}
+            for seed in args.seeds for hacker in args.hackers for arm, (path, defence) in defended_arms(arms, args.defences, out).items()]
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         runs = []
         for run in pool.map(hack, jobs):
@@ -173,7 +200,8 @@ def main() -> None:
                                                        "unique_triggers": int(len(np.unique(protection.triggers, axis=0))),
                                                        "example_triggers": protection.trigger_words()[:8], "learnability": checks},
         "hacker": {"epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size, "from": "scratch"},
-        "runs": runs, "summary": summary, "random_guess": random, "targets": targets(summary, k) if not args.arms else {},
+        "defences": args.defences, "runs": runs, "summary": summary, "random_guess": random,
+        "targets": targets(summary, k) if not args.arms else {},
         "table": markdown(summary, random), "seconds": time.perf_counter() - started,
     }
     print(payload["table"])

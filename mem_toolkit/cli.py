@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_export)
 
-    verify = commands.add_parser("verify", help="train a hacker on clean and on protected data (and, with a trigger, on the photos with the trigger deleted), compare on the clean test set")
+    verify = commands.add_parser("verify", help="train a hacker on clean and on protected data (with a trigger, also on the photos "
+                                                "with the trigger deleted), compare on the clean test set")
     verify.add_argument("--protection", required=True)
     add_data_args(verify, train="override", test="required")
     _add_train_args(verify)

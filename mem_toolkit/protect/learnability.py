@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import CaptionDataset
 from ..evaluate import evaluate_retrieval
-from ..metrics import random_guess_metrics
 from ..models import create_model
 from ..train import TrainConfig, train_clip
 from .artifact import Protection
@@ -70,12 +69,13 @@ def learnability_report(dataset: CaptionDataset, protection: Protection, model_n
         model = create_model(model_name, device=device, seed=seed, image_size=dataset.image_size)
         config = TrainConfig(epochs=epochs, batch_size=min(batch_size, len(train_rows)), seed=seed)
         train_clip(model, RowSubset(views[name], train_rows), None, config, progress=False)
-        metrics[name].append(evaluate_retrieval(model, held_out).metrics)
+        retrieval = evaluate_retrieval(model, held_out)
+        metrics[name].append(retrieval.metrics)
     kept = {name: {d: _shares([_ratio(m[f"{d}_R@10"], c[f"{d}_R@10"]) for m, c in zip(metrics[name], metrics["clean"])])
                    for d in DIRECTIONS} for name in views if name != "clean"}
     report = {"model": model_name, "epochs": epochs, "seeds": list(seeds), "held_out_photos": int(len(held)),
               "train_rows": int(len(train_rows)), "metrics": metrics,
-              "random": random_guess_metrics(np.bincount(held_out.group_ids, minlength=held_out.n_images)), "kept_R@10": kept}
+              "random": retrieval.random, "kept_R@10": kept}
     report["verdict"] = learnability_verdict(report)
     return report
 
