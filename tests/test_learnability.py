@@ -53,6 +53,9 @@ def test_the_verdict_names_how_much_work_the_noise_does_and_stays_unsure_inside_
     assert learnability_verdict(_report(6.0, (6.0, 6.0), 2.0)).endswith("says nothing (more epochs, or more photos)")
     assert learnability_verdict(_report(18.0, (17.0, 18.0), 6.0)).endswith("the noise does little: a hacker who deletes the trigger learns the content")
     assert learnability_verdict(_report(18.0, (12.0, 16.0), 6.0)).endswith("within these short runs' spread (verify on a test set)")
+    split = _report(18.0, (17.0, 18.0), 6.0)
+    split["kept_R@10"]["trigger_deleted"]["t2i"]["mean"] = 0.7  # the directions disagree: no firm word
+    assert learnability_verdict(split).endswith("within these short runs' spread (verify on a test set)")
     good = learnability_verdict(_report(18.0, (6.0, 12.0), 6.0))
     assert good.endswith("the noise does real work") and "trigger deleted keeps 50% (33%-67%) / 50% (33%-67%)" in good
 

@@ -92,7 +92,7 @@ def learnability_verdict(report: dict) -> str:
     """One line: what the fresh hackers kept of clean R@10, and how much work the noise (the trigger deleted) does.
 
     Short runs on a few hundred photos spread by about ±0.15 in these shares from seed to seed (measured on real
-    photos, README), so only clear cases get a firm word."""
+    photos, README), so a firm word needs both directions to agree."""
     random = report["random"]
     clean = {d: np.mean([m[f"{d}_R@10"] for m in report["metrics"]["clean"]]) for d in DIRECTIONS}
     head = (f"fresh {report['model']} hackers ({report['epochs']} epochs, {len(report['seeds'])} seeds) "
@@ -104,10 +104,10 @@ def learnability_verdict(report: dict) -> str:
         for name, shares in report["kept_R@10"].items())
     line = f"{head}: of the clean-trained R@10 (i2t / t2i, mean and seed range), {kept}"
     key = "trigger_deleted" if "trigger_deleted" in report["kept_R@10"] else "published"
-    worst = max(report["kept_R@10"][key][d]["mean"] for d in DIRECTIONS)
+    shares = [report["kept_R@10"][key][d]["mean"] for d in DIRECTIONS]
     subject = "the noise" if key == "trigger_deleted" else "the protection"
-    if worst <= 2 / 3:
+    if max(shares) <= 2 / 3:
         return line + f" — {subject} does real work"
-    if worst >= 0.9:
+    if min(shares) >= 0.9:
         return line + f" — {subject} does little: a hacker {'who deletes the trigger ' if key == 'trigger_deleted' else ''}learns the content"
     return line + f" — {subject} does some work, by how much is within these short runs' spread (verify on a test set)"
