@@ -136,7 +136,7 @@ def main() -> None:
                         help="start the surrogate (and every restart of it) from weights trained on these other photos (image,caption CSV)")
     parser.add_argument("--surrogate-pretrain-epochs", type=int, default=15)
     parser.add_argument("--check-epochs", type=int, default=3,
-                        help="the protect command's learnability check, per hacker architecture, on the protected train photos (0: skip)")
+                        help="the protect command's learnability check, per hacker architecture and --seeds, on the protected train photos (0: skip)")
     parser.add_argument("--out", type=Path, default=Path("runs/real_photos"))
     parser.add_argument("--json", help="result file (default benchmarks/results/real_photos_<eval>.json)")
     args = parser.parse_args()
@@ -171,7 +171,7 @@ def main() -> None:
     protection = protect_cached(protector, train, out / "protection" / f"mem-{k}", progress=True, surrogate=surrogate)
     protect_seconds = time.perf_counter() - clock
     checks = {hacker: learnability_cached(out / "protection" / f"mem-{k}" / f"learnability-{hacker}-{args.check_epochs}e.json", train,
-                                          protection, hacker, args.check_epochs, seeds=[0, 1]) for hacker in args.hackers} if args.check_epochs else {}
+                                          protection, hacker, args.check_epochs, seeds=args.seeds) for hacker in args.hackers} if args.check_epochs else {}
     for hacker, check in checks.items():
         print(f"learnability ({hacker}): {check['verdict']}", flush=True)
     random_id = random_id_protection(train, k, seed=protector.config.seed, vocab_size=protector.config.trigger_vocab_size)
