@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from mem_toolkit.loss import clip_loss
+from mem_toolkit.models import create_model
 from mem_toolkit.protect import MEM
 from mem_toolkit.protect.word_code import WordCode, distinctive_words
 
@@ -35,6 +37,23 @@ def test_units_with_the_same_words_share_a_noise_within_eps():
     assert torch.equal(noise[0], noise[1]) and not torch.equal(noise[0], noise[2])
     stored = code.int_noise(np.arange(3), np.full((3, 8, 8, 3), 250, dtype=np.uint8))
     assert stored.dtype == np.int8 and stored.max() <= 5 and stored.min() >= -8  # pixels + noise stay within 0..255
+
+
+@pytest.mark.parametrize("transform", [None, lambda images, step: images.flip(-1)], ids=["plain", "eot"])
+def test_code_step_scores_the_images_the_hacker_sees(tiny_shapes, transform):
+    """The code's first loss (zero patterns) is the surrogate's CLIP loss on the uint8 photos, after the EOT transformation."""
+    data = _captioned(tiny_shapes)
+    rows = np.arange(8)
+    torch.manual_seed(0)
+    surrogate = create_model("mem-tiny-rn").train()
+    tokens = data.token_batch(rows, surrogate.tokenizer, surrogate.context_length)
+    pixels = data.image_batch(rows)
+    seen = pixels if transform is None else pixels.flip(-1)
+    with torch.no_grad():
+        expected = clip_loss(surrogate.encode_image(seen), surrogate.encode_text(tokens), surrogate.logit_scale()).item()
+    code = WordCode([["red"]] * 8, image_size=data.image_size, eps=8, lr=0.1, device=torch.device("cpu"))
+    losses = code.train_batch(surrogate, pixels, np.arange(8), tokens, steps=2, amp=False, transform=transform)
+    assert losses[0] == pytest.approx(expected, abs=1e-5)
 
 
 def test_code_step_lowers_the_loss_and_stores_the_code(tiny_shapes):

@@ -78,7 +78,7 @@ class ProtectConfig:
     noise_code: str = "none"  # "words": the noise is a learned code of each unit's caption words (protect.word_code), not free per unit
     code_lr: float = 0.05  # noise_code="words": Adam's learning rate on the word patterns (pgd_steps steps per batch)
     strip_share: float = 0.0  # share of rows seen with the trigger deleted and their own caption, in surrogate training and PGD
-    eot: tuple[str, ...] = ()  # PGD: one of these hacker transformations ("jpeg", "crop-flip") drawn per step, differentiated through
+    eot: tuple[str, ...] = ()  # PGD and word-code steps: one of these hacker transformations ("jpeg", "crop-flip") drawn per step, differentiated through
     seed: int = 0
     amp: bool = True
 
@@ -120,8 +120,8 @@ class Protector:
             raise ValueError(f"strip_share is a share of rows and must be in 0..1, got {c.strip_share}")
         if c.noise_code not in NOISE_CODES:
             raise ValueError(f"unknown noise_code {c.noise_code!r}; choose from {NOISE_CODES}")
-        if c.noise_code == "words" and (c.noise_init != "zero" or c.noise_block != 1 or c.eot or c.ascent):
-            raise ValueError("noise_code='words' builds the noise from its word patterns: it takes no noise_init, noise_block, eot or ascent")
+        if c.noise_code == "words" and (c.noise_init != "zero" or c.noise_block != 1 or c.ascent):
+            raise ValueError("noise_code='words' builds the noise from its word patterns: it takes no noise_init, noise_block or ascent")
         if c.surrogate_alternate and not c.surrogate_reset:
             raise ValueError("surrogate_alternate alternates the surrogate's restarts: it needs surrogate_reset >= 1")
         eot_transform(c.eot, (0,))  # refuses unknown names now, not in round one
@@ -351,10 +351,11 @@ class Protector:
         order = rng.permutation(protection.n_units)
         losses, started = [], time.perf_counter()
         batches = [order[i:i + c.batch_size] for i in range(0, len(order), c.batch_size) if len(order[i:i + c.batch_size]) >= 2]
-        for units in tqdm(batches, desc="code step", disable=not progress, leave=False):
+        for index, units in enumerate(tqdm(batches, desc="code step", disable=not progress, leave=False)):
             rows = np.array([rng.choice(rows_of_unit[unit]) for unit in units])
             tokens = dataset.token_batch(rows, surrogate.tokenizer, surrogate.context_length)
-            step_losses = code.train_batch(surrogate, dataset.image_batch(rows), units, tokens, c.pgd_steps, c.amp)
+            step_losses = code.train_batch(surrogate, dataset.image_batch(rows), units, tokens, c.pgd_steps, c.amp,
+                                           transform=eot_transform(c.eot, (c.seed, round_index, index)))
             losses.append((step_losses[0], step_losses[-1]))
         for start in range(0, protection.n_units, c.batch_size):
             units = np.arange(start, min(start + c.batch_size, protection.n_units))

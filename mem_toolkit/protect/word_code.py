@@ -11,6 +11,8 @@ measurements in the README).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -18,6 +20,8 @@ from ..data.dataset import CaptionDataset
 from ..loss import clip_loss
 from ..models import ClipModel
 from ..train import autocast
+
+Transform = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 class WordCode:
@@ -45,29 +49,32 @@ class WordCode:
         return np.clip(noise, -pixels.astype(np.int16), 255 - pixels.astype(np.int16)).astype(np.int8)
 
     def train_batch(self, surrogate: ClipModel, pixels: torch.Tensor, units: np.ndarray, tokens: torch.Tensor,
-                    steps: int, amp: bool) -> list[float]:
+                    steps: int, amp: bool, transform: Transform | None = None) -> list[float]:
         """`steps` Adam steps on the patterns for one batch (one row per unit), the surrogate's weights fixed; the loss
-        before each. Batch norm runs in training mode (batch statistics), as in the hacker's training that the code must steer."""
+        before each. Batch norm runs in training mode (batch statistics), as in the hacker's training that the code must steer.
+        `transform(images, step)` (EOT, `protect.eot`) processes the protected [0, 1] images as a hacker would first."""
         surrogate.train()
         trainable = [p for p in surrogate.parameters() if p.requires_grad]
         for param in trainable:
             param.requires_grad_(False)
         try:
-            return self._descend(surrogate, pixels, units, tokens, steps, amp)
+            return self._descend(surrogate, pixels, units, tokens, steps, amp, transform)
         finally:
             for param in trainable:
                 param.requires_grad_(True)
 
     def _descend(self, surrogate: ClipModel, pixels: torch.Tensor, units: np.ndarray, tokens: torch.Tensor, steps: int,
-                 amp: bool) -> list[float]:
+                 amp: bool, transform: Transform | None) -> list[float]:
         device = surrogate.device
         with torch.no_grad(), autocast(device, amp):
             text_features = surrogate.encode_text(tokens.to(device)).float()
         scale = surrogate.logit_scale().detach()
         pixels = pixels.float().to(device)
         losses = []
-        for _ in range(steps):
-            images = (pixels + self.noise(units)).clamp(0, 255)
+        for step in range(steps):
+            images = (pixels + self.noise(units)).clamp(0, 255) / 255  # float pixels are [0, 1] to the model
+            if transform is not None:
+                images = transform(images, step)
             with autocast(device, amp):
                 image_features = surrogate.encode_image(images).float()
             loss = clip_loss(image_features, text_features, scale)
