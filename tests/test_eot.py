@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from mem_toolkit.protect import MEM
+from mem_toolkit.protect.settings import parse_settings
 from mem_toolkit.protect.eot import CHROMA_TABLE, LUMA_TABLE, differentiable_jpeg, eot_transform, quantisation_table
 
 
@@ -55,6 +56,15 @@ def test_eot_steps_are_seeded_and_unknown_transformations_are_refused(tiny_shape
     assert eot_transform((), (0,)) is None
     with pytest.raises(ValueError, match="unknown EOT"):
         MEM(3, eot=["blur"])
+    with pytest.raises(ValueError, match="not one string"):
+        MEM(3, eot="crop-flip")
+
+
+@pytest.mark.parametrize("text", ["eot=crop-flip", 'eot=["crop-flip"]'])
+def test_key_value_settings_give_eot_as_a_tuple_of_names(text):
+    assert parse_settings([text]) == {"eot": ("crop-flip",)}
+    assert parse_settings(["eot=jpeg,crop-flip"]) == {"eot": ("jpeg", "crop-flip")}
+    assert MEM(3, **parse_settings([text])).config.eot == ("crop-flip",)
 
 
 def test_mem_with_eot_optimises_its_noise_through_the_transformations(tiny_shapes):

@@ -100,6 +100,8 @@ class Protector:
         if unknown:
             raise TypeError(f"unknown setting(s) for {self.method}: {sorted(unknown)}")
         self.config = replace(ProtectConfig(**base), **settings)
+        if isinstance(self.config.eot, str):  # iterated, "crop-flip" would read as nine unknown letters
+            raise ValueError(f"eot is a list of transformation names, e.g. ({self.config.eot!r},), not one string")
         self.config.eot = tuple(self.config.eot)  # JSON and the command line give lists
         self.device = resolve_device(device)
         self._validate()

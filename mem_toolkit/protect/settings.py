@@ -10,8 +10,10 @@ from .base import ProtectConfig
 
 def parse_settings(items: Iterable[str]) -> dict[str, object]:
     """`["eps=16", "granularity=cluster"]` -> `{"eps": 16, "granularity": "cluster"}`: values as JSON where they
-    parse (numbers, true/false, lists), else strings; a missing `=` or a name `ProtectConfig` lacks is a ValueError."""
+    parse (numbers, true/false, lists), else strings; a list setting (`eot`) also takes comma-separated names
+    (`eot=jpeg,crop-flip`); a missing `=` or a name `ProtectConfig` lacks is a ValueError."""
     known = {f.name for f in fields(ProtectConfig)}
+    listed = {f.name for f in fields(ProtectConfig) if isinstance(f.default, tuple)}
     settings = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -23,4 +25,7 @@ def parse_settings(items: Iterable[str]) -> dict[str, object]:
             settings[key] = json.loads(text)
         except json.JSONDecodeError:
             settings[key] = text
+        if key in listed:
+            value = settings[key]
+            settings[key] = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
     return settings
