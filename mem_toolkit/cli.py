@@ -114,6 +114,7 @@ def _protector(args):
         "noise_init": args.noise_init, "step_size": args.step_size, "noise_block": args.noise_block, "eot": args.eot,
         "strip_share": args.strip_share, "surrogate_alternate": args.alternate_surrogate or None,
         "noise_code": args.noise_code, "code_words": args.code_words, "code_min_share": args.code_min_share,
+        "code_ensemble": args.code_ensemble,
     }.items() if v is not None}
     if args.all_tokens:
         settings["exclude_caption_vocab"] = False
@@ -317,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="words: the noise is a learned code of each photo's caption words, which survives deleting the trigger")
     protect.add_argument("--code-words", type=int, help="--noise-code words: caption words coded per photo")
     protect.add_argument("--code-min-share", type=float, help="--noise-code words: code only words found in at least this share of the photos")
+    protect.add_argument("--code-ensemble", nargs="+", metavar="MODEL",
+                         help="--noise-code words: also train the code against a fresh model of each of these architectures every round")
     protect.add_argument("--strip-share", type=float, help="share of rows seen with the trigger deleted and their own caption (0-1)")
     protect.add_argument("--seed", type=int)
     protect.add_argument("--device", default="auto")

@@ -344,10 +344,17 @@ def _quiet_create(name: str, pretrained: str | None, image_size: int | None = No
         return open_clip.create_model(name, pretrained=pretrained, force_image_size=image_size)
     except RuntimeError as error:
         if "not found" in str(error) and pretrained is None:
-            raise ValueError(f"unknown model {name!r}; bundled: {bundled_models()}, open_clip has {len(open_clip.list_models())} more") from None
+            check_model_name(name)
         raise
     finally:
         logger.setLevel(level)
+
+
+def check_model_name(name: str) -> None:
+    """Refuse, before any work, a name that is neither a bundled config nor an open_clip architecture, or another tokenizer's."""
+    if name not in bundled_models() and name not in open_clip.list_models():
+        raise ValueError(f"unknown model {name!r}; bundled: {bundled_models()}, open_clip has {len(open_clip.list_models())} more")
+    tokenizer_check(name)
 
 
 def tokenizer_check(name: str) -> None:

@@ -70,9 +70,29 @@ def test_code_step_lowers_the_loss_and_stores_the_code(tiny_shapes):
     assert not np.array_equal(noise[0], noise[1])
 
 
-def test_word_code_resumes_to_the_same_artifact(tiny_shapes, tmp_path, monkeypatch):
+def test_code_ensemble_trains_the_code_against_a_fresh_model_of_each_architecture(tiny_shapes, monkeypatch):
     data = _captioned(tiny_shapes)
-    whole = MEM(3, **TINY).fit(data, work_dir=tmp_path / "whole", progress=False)
+    seen, original = [], WordCode.train_batch
+
+    def spy(self, surrogate, *args, **kwargs):
+        seen.append((surrogate.name, next(surrogate.clip.parameters()).sum().item()))
+        return original(self, surrogate, *args, **kwargs)
+
+    monkeypatch.setattr(WordCode, "train_batch", spy)
+    protection = MEM(3, **TINY, surrogate_reset=1, code_ensemble=("mem-tiny-vit",)).fit(data, progress=False)
+    batches = len(seen) // 2 // TINY["rounds"]
+    assert batches >= 1 and [name for name, _ in seen] == ["mem-tiny-rn", "mem-tiny-vit"] * (batches * TINY["rounds"])
+    assert len({weights for name, weights in seen if name == "mem-tiny-vit"}) == TINY["rounds"]  # fixed within a round, new each round
+    assert all(len(r["ensemble_surrogate_losses"]) == 1 and r["ensemble_surrogate_losses"][0] > 0 for r in protection.diagnostics)
+    without = MEM(3, **TINY, surrogate_reset=1).fit(data, progress=False)
+    assert not np.array_equal(protection.noise, without.noise)  # the ViT's gradients shaped the code
+
+
+@pytest.mark.parametrize("ensemble", [(), ("mem-tiny-vit",)], ids=["surrogate", "ensemble"])
+def test_word_code_resumes_to_the_same_artifact(tiny_shapes, tmp_path, monkeypatch, ensemble):
+    data = _captioned(tiny_shapes)
+    settings = dict(TINY, code_ensemble=ensemble)
+    whole = MEM(3, **settings).fit(data, work_dir=tmp_path / "whole", progress=False)
     original, calls = MEM._code_step, {"n": 0}
 
     def interrupted(self, *args, **kwargs):
@@ -83,9 +103,9 @@ def test_word_code_resumes_to_the_same_artifact(tiny_shapes, tmp_path, monkeypat
 
     monkeypatch.setattr(MEM, "_code_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        MEM(3, **TINY).fit(data, work_dir=tmp_path / "run", progress=False)
+        MEM(3, **settings).fit(data, work_dir=tmp_path / "run", progress=False)
     monkeypatch.setattr(MEM, "_code_step", original)
-    resumed = MEM(3, **TINY).fit(data, work_dir=tmp_path / "run", resume=True, progress=False)
+    resumed = MEM(3, **settings).fit(data, work_dir=tmp_path / "run", resume=True, progress=False)
     assert np.array_equal(resumed.noise, whole.noise)
     assert np.array_equal(resumed.triggers, whole.triggers)
 
@@ -95,6 +115,10 @@ def test_word_code_refuses_settings_it_replaces():
         MEM(3, noise_code="letters")
     with pytest.raises(ValueError, match="noise_init"):
         MEM(3, noise_code="words", noise_init="trigger-code")
+    with pytest.raises(ValueError, match="needs noise_code='words'"):
+        MEM(3, code_ensemble=("mem-tiny-vit",))
+    with pytest.raises(ValueError, match="unknown model 'mem-tiny-vitt'"):
+        MEM(3, noise_code="words", code_ensemble=("mem-tiny-vitt",))
 
 
 def test_word_code_is_refused_under_several_processes(monkeypatch, tmp_path):

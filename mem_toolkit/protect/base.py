@@ -30,7 +30,7 @@ from ..atomic import atomic_write
 from ..checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
 from ..data.dataset import CaptionDataset, require_images
 from ..errors import OutputError, ResumeMismatch
-from ..models import ClipModel, create_model, resolve_device
+from ..models import ClipModel, check_model_name, create_model, resolve_device
 from ..train import adamw, contrastive_step
 from .artifact import Protection, ProtectedDataset
 from .diagnostics import shortcut_report
@@ -77,6 +77,7 @@ class ProtectConfig:
     code_min_share: float = 0.0  # caption-code / noise_code="words": code only words found in at least this share of the photos
     noise_code: str = "none"  # "words": the noise is a learned code of each unit's caption words (protect.word_code), not free per unit
     code_lr: float = 0.05  # noise_code="words": Adam's learning rate on the word patterns (pgd_steps steps per batch)
+    code_ensemble: tuple[str, ...] = ()  # noise_code="words": more architectures, a fresh one each round trained as the surrogate, that the code must also steer
     strip_share: float = 0.0  # share of rows seen with the trigger deleted and their own caption, in surrogate training and PGD
     eot: tuple[str, ...] = ()  # PGD and word-code steps: one of these hacker transformations ("jpeg", "crop-flip") drawn per step, differentiated through
     seed: int = 0
@@ -100,9 +101,11 @@ class Protector:
         if unknown:
             raise TypeError(f"unknown setting(s) for {self.method}: {sorted(unknown)}")
         self.config = replace(ProtectConfig(**base), **settings)
-        if isinstance(self.config.eot, str):  # iterated, "crop-flip" would read as nine unknown letters
-            raise ValueError(f"eot is a list of transformation names, e.g. ({self.config.eot!r},), not one string")
-        self.config.eot = tuple(self.config.eot)  # JSON and the command line give lists
+        for name in ("eot", "code_ensemble"):
+            value = getattr(self.config, name)
+            if isinstance(value, str):  # iterated, "crop-flip" would read as nine unknown letters
+                raise ValueError(f"{name} is a list of names, e.g. ({value!r},), not one string")
+            setattr(self.config, name, tuple(value))  # JSON and the command line give lists
         self.device = resolve_device(device)
         self._validate()
 
@@ -124,6 +127,10 @@ class Protector:
             raise ValueError(f"unknown noise_code {c.noise_code!r}; choose from {NOISE_CODES}")
         if c.noise_code == "words" and (c.noise_init != "zero" or c.noise_block != 1 or c.ascent):
             raise ValueError("noise_code='words' builds the noise from its word patterns: it takes no noise_init, noise_block or ascent")
+        if c.code_ensemble and c.noise_code != "words":
+            raise ValueError("code_ensemble trains the word code against more architectures: it needs noise_code='words'")
+        for name in c.code_ensemble:
+            check_model_name(name)  # an unknown architecture is refused now, not in round one
         if c.surrogate_alternate and not c.surrogate_reset:
             raise ValueError("surrogate_alternate alternates the surrogate's restarts: it needs surrogate_reset >= 1")
         eot_transform(c.eot, (0,))  # refuses unknown names now, not in round one
@@ -188,7 +195,8 @@ class Protector:
             if c.trigger_len and round_index < c.trigger_rounds:
                 record.update(self._trigger_step(surrogate, dataset, state, allowed, round_index, progress))
             if c.pgd_steps and state.code is not None:
-                record.update(self._code_step(surrogate, dataset, state, round_index, progress))
+                ensemble, record["ensemble_surrogate_losses"] = self._code_ensemble(surrogate, view, round_index, progress)
+                record.update(self._code_step([surrogate, *ensemble], dataset, state, round_index, progress))
             elif c.pgd_steps:
                 record.update(self._noise_step(surrogate, dataset, state, round_index, progress))
             record.update(state.trigger_statistics(dataset, tokenizer))
@@ -341,10 +349,23 @@ class Protector:
         first, last = _in_batch_order(losses)  # also the barrier: every rank's units are written
         return {"pgd_loss_first": float(np.mean(first)), "pgd_loss_last": float(np.mean(last)), "noise_seconds": time.perf_counter() - started}
 
-    def _code_step(self, surrogate: ClipModel, dataset: CaptionDataset, state: "_RunState", round_index: int, progress: bool) -> dict:
-        """`pgd_steps` Adam steps on the word patterns per batch (one caption per unit, its own, no trigger: the code
-        keys the caption words), then every unit's stored noise rebuilt from the code. One process: the patterns are
-        shared by all units, so the batches cannot be split over ranks without summing their gradients."""
+    def _code_ensemble(self, surrogate: ClipModel, view: ProtectedDataset, round_index: int, progress: bool) -> tuple[list[ClipModel], list[float]]:
+        """This round's fresh `code_ensemble` surrogates, each trained as the surrogate was (its steps, on this round's
+        protected pairs), and their mean training losses. Made anew every round from the seed, so a resumed run remakes them."""
+        models, losses = [], []
+        for i, name in enumerate(self.config.code_ensemble):
+            seed = int(np.random.default_rng([self.config.seed, round_index, 98, i]).integers(2**31))
+            model = create_model(name, device=self.device, seed=seed, image_size=surrogate.image_size)
+            trained = self._surrogate_step(model, model, self._optimizer(model), self._surrogate_view(view, round_index), round_index, progress)
+            models.append(model)
+            losses.append(trained["surrogate_loss"])
+        return models, losses
+
+    def _code_step(self, surrogates: list[ClipModel], dataset: CaptionDataset, state: "_RunState", round_index: int,
+                   progress: bool) -> dict:
+        """`pgd_steps` Adam steps on the word patterns per batch and surrogate (one caption per unit, its own, no trigger:
+        the code keys the caption words), then every unit's stored noise rebuilt from the code. One process: the patterns
+        are shared by all units, so the batches cannot be split over ranks without summing their gradients."""
         c = self.config
         protection, code = state.protection, state.code
         rng = self._rng(round_index, 3)
@@ -355,10 +376,11 @@ class Protector:
         batches = [order[i:i + c.batch_size] for i in range(0, len(order), c.batch_size) if len(order[i:i + c.batch_size]) >= 2]
         for index, units in enumerate(tqdm(batches, desc="code step", disable=not progress, leave=False)):
             rows = np.array([rng.choice(rows_of_unit[unit]) for unit in units])
-            tokens = dataset.token_batch(rows, surrogate.tokenizer, surrogate.context_length)
-            step_losses = code.train_batch(surrogate, dataset.image_batch(rows), units, tokens, c.pgd_steps, c.amp,
-                                           transform=eot_transform(c.eot, (c.seed, round_index, index)))
-            losses.append((step_losses[0], step_losses[-1]))
+            for surrogate in surrogates:
+                tokens = dataset.token_batch(rows, surrogate.tokenizer, surrogate.context_length)
+                step_losses = code.train_batch(surrogate, dataset.image_batch(rows), units, tokens, c.pgd_steps, c.amp,
+                                               transform=eot_transform(c.eot, (c.seed, round_index, index)))
+                losses.append((step_losses[0], step_losses[-1]))
         for start in range(0, protection.n_units, c.batch_size):
             units = np.arange(start, min(start + c.batch_size, protection.n_units))
             images = np.array([rows_of_unit[unit][0] for unit in units])
