@@ -60,11 +60,15 @@ def test_eot_steps_are_seeded_and_unknown_transformations_are_refused(tiny_shape
         MEM(3, eot="crop-flip")
 
 
-@pytest.mark.parametrize("text", ["eot=crop-flip", 'eot=["crop-flip"]'])
-def test_key_value_settings_give_eot_as_a_tuple_of_names(text):
-    assert parse_settings([text]) == {"eot": ("crop-flip",)}
+@pytest.mark.parametrize("text, expected", [("eot=crop-flip", {"eot": ("crop-flip",)}), ('eot=["crop-flip"]', {"eot": ("crop-flip",)}),
+                                            ("code_ensemble=mem-tiny-vit", {"code_ensemble": ("mem-tiny-vit",)})])
+def test_key_value_list_settings_give_a_tuple_of_names(text, expected):
+    assert parse_settings([text]) == expected
+
+
+def test_comma_separated_names_and_a_parsed_eot_reach_the_protector():
     assert parse_settings(["eot=jpeg,crop-flip"]) == {"eot": ("jpeg", "crop-flip")}
-    assert MEM(3, **parse_settings([text])).config.eot == ("crop-flip",)
+    assert MEM(3, **parse_settings(["eot=crop-flip"])).config.eot == ("crop-flip",)
 
 
 def test_mem_with_eot_optimises_its_noise_through_the_transformations(tiny_shapes):

@@ -83,8 +83,9 @@ def test_code_ensemble_trains_the_code_against_a_fresh_model_of_each_architectur
     batches = len(seen) // 2 // TINY["rounds"]
     assert batches >= 1 and [name for name, _ in seen] == ["mem-tiny-rn", "mem-tiny-vit"] * (batches * TINY["rounds"])
     assert len({weights for name, weights in seen if name == "mem-tiny-vit"}) == TINY["rounds"]  # fixed within a round, new each round
-    assert all(len(r["ensemble_surrogate_losses"]) == 1 and r["ensemble_surrogate_losses"][0] > 0 for r in protection.diagnostics)
+    assert all(len(r["ensemble_surrogate_losses"]) == 1 for r in protection.diagnostics)  # one ViT trained per round
     without = MEM(3, **TINY, surrogate_reset=1).fit(data, progress=False)
+    assert not any("ensemble_surrogate_losses" in r for r in without.diagnostics)
     assert not np.array_equal(protection.noise, without.noise)  # the ViT's gradients shaped the code
 
 

@@ -84,6 +84,8 @@ class ProtectConfig:
     amp: bool = True
 
 
+LIST_SETTINGS = tuple(f.name for f in fields(ProtectConfig) if isinstance(f.default, tuple))  # given as lists of names
+
 class Protector:
     """Base protector: settings in the constructor, work in `fit`, a `Protection` as the result."""
 
@@ -101,7 +103,7 @@ class Protector:
         if unknown:
             raise TypeError(f"unknown setting(s) for {self.method}: {sorted(unknown)}")
         self.config = replace(ProtectConfig(**base), **settings)
-        for name in ("eot", "code_ensemble"):
+        for name in LIST_SETTINGS:
             value = getattr(self.config, name)
             if isinstance(value, str):  # iterated, "crop-flip" would read as nine unknown letters
                 raise ValueError(f"{name} is a list of names, e.g. ({value!r},), not one string")
@@ -190,12 +192,13 @@ class Protector:
                 self._reset_surrogate(surrogate, given_weights, round_index)
                 optimizer = self._optimizer(surrogate)
                 record["surrogate_reset"] = True
+            round_view = self._surrogate_view(view, round_index)
             if c.surrogate_steps:
-                record.update(self._surrogate_step(surrogate, replica, optimizer, self._surrogate_view(view, round_index), round_index, progress))
+                record.update(self._surrogate_step(surrogate, replica, optimizer, round_view, round_index, progress))
             if c.trigger_len and round_index < c.trigger_rounds:
                 record.update(self._trigger_step(surrogate, dataset, state, allowed, round_index, progress))
             if c.pgd_steps and state.code is not None:
-                ensemble, record["ensemble_surrogate_losses"] = self._code_ensemble(surrogate, view, round_index, progress)
+                ensemble = self._code_ensemble(surrogate, round_view, round_index, progress, record)
                 record.update(self._code_step([surrogate, *ensemble], dataset, state, round_index, progress))
             elif c.pgd_steps:
                 record.update(self._noise_step(surrogate, dataset, state, round_index, progress))
@@ -349,17 +352,18 @@ class Protector:
         first, last = _in_batch_order(losses)  # also the barrier: every rank's units are written
         return {"pgd_loss_first": float(np.mean(first)), "pgd_loss_last": float(np.mean(last)), "noise_seconds": time.perf_counter() - started}
 
-    def _code_ensemble(self, surrogate: ClipModel, view: ProtectedDataset, round_index: int, progress: bool) -> tuple[list[ClipModel], list[float]]:
+    def _code_ensemble(self, surrogate: ClipModel, round_view: ProtectedDataset, round_index: int, progress: bool,
+                       record: dict) -> list[ClipModel]:
         """This round's fresh `code_ensemble` surrogates, each trained as the surrogate was (its steps, on this round's
-        protected pairs), and their mean training losses. Made anew every round from the seed, so a resumed run remakes them."""
-        models, losses = [], []
+        protected pairs; their mean losses go into `record`). Made anew every round from the seed, so a resumed run remakes them."""
+        models = []
         for i, name in enumerate(self.config.code_ensemble):
             seed = int(np.random.default_rng([self.config.seed, round_index, 98, i]).integers(2**31))
             model = create_model(name, device=self.device, seed=seed, image_size=surrogate.image_size)
-            trained = self._surrogate_step(model, model, self._optimizer(model), self._surrogate_view(view, round_index), round_index, progress)
+            trained = self._surrogate_step(model, model, self._optimizer(model), round_view, round_index, progress)
+            record.setdefault("ensemble_surrogate_losses", []).append(trained["surrogate_loss"])
             models.append(model)
-            losses.append(trained["surrogate_loss"])
-        return models, losses
+        return models
 
     def _code_step(self, surrogates: list[ClipModel], dataset: CaptionDataset, state: "_RunState", round_index: int,
                    progress: bool) -> dict:
@@ -376,10 +380,10 @@ class Protector:
         batches = [order[i:i + c.batch_size] for i in range(0, len(order), c.batch_size) if len(order[i:i + c.batch_size]) >= 2]
         for index, units in enumerate(tqdm(batches, desc="code step", disable=not progress, leave=False)):
             rows = np.array([rng.choice(rows_of_unit[unit]) for unit in units])
+            pixels, transform = dataset.image_batch(rows), eot_transform(c.eot, (c.seed, round_index, index))
             for surrogate in surrogates:
                 tokens = dataset.token_batch(rows, surrogate.tokenizer, surrogate.context_length)
-                step_losses = code.train_batch(surrogate, dataset.image_batch(rows), units, tokens, c.pgd_steps, c.amp,
-                                               transform=eot_transform(c.eot, (c.seed, round_index, index)))
+                step_losses = code.train_batch(surrogate, pixels, units, tokens, c.pgd_steps, c.amp, transform=transform)
                 losses.append((step_losses[0], step_losses[-1]))
         for start in range(0, protection.n_units, c.batch_size):
             units = np.arange(start, min(start + c.batch_size, protection.n_units))

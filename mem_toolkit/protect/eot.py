@@ -23,6 +23,7 @@ LUMA_TABLE = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14
 CHROMA_TABLE = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99, 99, 99, 99]
 CHROMA_TABLE += [99] * (64 - len(CHROMA_TABLE))
 TRANSFORMS = ("jpeg", "crop-flip")
+Transform = Callable[[torch.Tensor, int], torch.Tensor]  # (images in [0, 1], step) -> what the hacker would see
 JPEG_QUALITIES = (50, 90)  # each step draws a quality uniformly in this range
 CROP_AREA = (0.5, 1.0)  # as the crop-flip defence: 50-100 % of the area
 
@@ -92,7 +93,7 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.
     return torch.cat(out)
 
 
-def eot_transform(names: Sequence[str], seed: Sequence[int]) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+def eot_transform(names: Sequence[str], seed: Sequence[int]) -> Transform | None:
     """The per-step transformation of the noise step: step t draws one of `names` (and its parameters) from `seed` and t.
 
     None when `names` is empty (the plain noise step)."""

@@ -13,6 +13,7 @@ import torch
 from ..loss import clip_loss
 from ..models import ClipModel
 from ..train import autocast, runs_bf16
+from .eot import Transform
 
 
 def pgd_noise(
@@ -28,7 +29,7 @@ def pgd_noise(
     ascent: bool = False,
     amp: bool = True,
     block: int = 1,
-    transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    transform: Transform | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Run `steps` sign steps on `noise` (units, 3, S, S, int16) for a batch of rows.
 

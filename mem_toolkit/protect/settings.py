@@ -5,7 +5,7 @@ import json
 from dataclasses import fields
 from typing import Iterable
 
-from .base import ProtectConfig
+from .base import LIST_SETTINGS, ProtectConfig
 
 
 def parse_settings(items: Iterable[str]) -> dict[str, object]:
@@ -13,7 +13,6 @@ def parse_settings(items: Iterable[str]) -> dict[str, object]:
     parse (numbers, true/false, lists), else strings; a list setting (`eot`) also takes comma-separated names
     (`eot=jpeg,crop-flip`); a missing `=` or a name `ProtectConfig` lacks is a ValueError."""
     known = {f.name for f in fields(ProtectConfig)}
-    listed = {f.name for f in fields(ProtectConfig) if isinstance(f.default, tuple)}
     settings = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -25,7 +24,7 @@ def parse_settings(items: Iterable[str]) -> dict[str, object]:
             settings[key] = json.loads(text)
         except json.JSONDecodeError:
             settings[key] = text
-        if key in listed:
+        if key in LIST_SETTINGS:
             value = settings[key]
             settings[key] = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
     return settings

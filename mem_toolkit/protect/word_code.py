@@ -11,8 +11,6 @@ measurements in the README).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
@@ -20,8 +18,7 @@ from ..data.dataset import CaptionDataset
 from ..loss import clip_loss
 from ..models import ClipModel
 from ..train import autocast
-
-Transform = Callable[[torch.Tensor, int], torch.Tensor]
+from .eot import Transform
 
 
 class WordCode:
