@@ -88,15 +88,22 @@ def defended_arms(arms: dict[str, Path], defences: list[str], out: Path) -> dict
     return jobs
 
 
-def targets(summary: dict, k: int) -> dict[str, bool]:
-    """The real-photo issue's targets on mean R@10, both directions, per hacker."""
+def targets(summary: dict, k: int, random: dict) -> dict[str, dict]:
+    """The real-photo issue's targets on mean R@10, both directions, per hacker: met or not, the figure and its bound.
+
+    The random-guess R@10 is kept beside each bound: where a weak clean hacker puts half of clean at the level of
+    guessing, the target asks for retrieval no better than chance, which seed noise decides either way."""
     checks = {}
     for hacker, arms in summary.items():
         for d in ("i2t", "t2i"):
             r10 = {arm: arms[arm][f"{d}_R@10"]["mean"] for arm in arms}
-            checks[f"{hacker} {d}: MEM-{k} R@10 <= 1/2 clean"] = r10[f"mem-{k}"] <= r10["clean"] / 2
-            checks[f"{hacker} {d}: noise only R@10 <= 2/3 clean"] = r10[f"mem-{k}-noise-only"] <= r10["clean"] * 2 / 3
-            checks[f"{hacker} {d}: MEM-{k} R@10 < random-ID trigger"] = r10[f"mem-{k}"] < r10["random-id-trigger"]
+            bounds = {f"MEM-{k} R@10 <= 1/2 clean": (f"mem-{k}", r10["clean"] / 2),
+                      "noise only R@10 <= 2/3 clean": (f"mem-{k}-noise-only", r10["clean"] * 2 / 3),
+                      f"MEM-{k} R@10 < random-ID trigger": (f"mem-{k}", r10["random-id-trigger"])}
+            for name, (arm, bound) in bounds.items():
+                strict = name.endswith("trigger")
+                met = r10[arm] < bound if strict else r10[arm] <= bound
+                checks[f"{hacker} {d}: {name}"] = {"met": bool(met), "value": r10[arm], "bound": bound, "random_guess": random[f"{d}_R@10"]}
     return checks
 
 
@@ -201,12 +208,13 @@ def main() -> None:
                                                        "example_triggers": protection.trigger_words()[:8], "learnability": checks},
         "hacker": {"epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size, "from": "scratch"},
         "defences": args.defences, "runs": runs, "summary": summary, "random_guess": random,
-        "targets": targets(summary, k) if not args.arms else {},
+        "targets": targets(summary, k, random) if not args.arms else {},
         "table": markdown(summary, random), "seconds": time.perf_counter() - started,
     }
     print(payload["table"])
-    for check, ok in payload["targets"].items():
-        print(f"{'yes' if ok else 'NO '}  {check}")
+    for check, figures in payload["targets"].items():
+        print(f"{'yes' if figures['met'] else 'NO '}  {check}: {figures['value']:.1f} against {figures['bound']:.1f} "
+              f"(random guess {figures['random_guess']:.1f})")
     write_result(f"real_photos_{args.eval}", payload, args.json)
 
 
