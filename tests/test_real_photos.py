@@ -64,7 +64,7 @@ def test_shortcut_report_sees_per_photo_triggers_acting_as_ids_on_real_photos(ph
     assert report["protected_accuracy"] > report["chance_accuracy"]
     assert surviving_share(report, "trigger_deleted") < surviving_share(report, "noise_removed")
     assert report["shuffled_caption_loss"] > 0.75 * report["ln_batch"]  # the noise never bound to the trigger
-    assert "not bound to the trigger" in report["verdict"]
+    assert report["verdict"].endswith("the triggers act as photo IDs"), report["verdict"]
 
 
 def test_word_code_on_real_photos_keys_the_caption_words(photo_subset):

@@ -7,7 +7,7 @@ import torch
 from mem_toolkit.models import create_model
 from mem_toolkit.protect import MEM, random_id_protection
 from mem_toolkit.protect.word_code import distinctive_words
-from mem_toolkit.protect.diagnostics import shortcut_report, surviving_share
+from mem_toolkit.protect.diagnostics import shortcut_report, surviving_share, verdict
 from mem_toolkit.protect.pgd import pgd_noise
 from mem_toolkit.train import TrainConfig, train_clip
 
@@ -60,3 +60,19 @@ def test_caption_code_noise_is_a_key_to_the_caption_words(tiny_shapes):
     # photos with the same caption words share one code; photos with other words have another
     assert all(agree(key, other) for key in range(12) for other in range(key + 12, data.n_images, 12))
     assert not any(agree(a, b) for a in range(12) for b in range(a + 1, 12))
+
+
+def _report(trigger_deleted: float, noise_removed: float, shuffled_loss: float) -> dict:
+    return {"chance_accuracy": 0.01, "protected_accuracy": 0.11, "trigger_deleted_accuracy": 0.01 + 0.1 * trigger_deleted,
+            "noise_removed_accuracy": 0.01 + 0.1 * noise_removed, "clean_accuracy": 0.01, "shuffled_caption_loss": shuffled_loss,
+            "ln_batch": 4.85}
+
+
+def test_the_verdict_names_the_cue_that_survives_when_the_noise_is_not_bound_to_the_trigger():
+    # the photos preset's surrogate: trained with the trigger deleted, its noise keys the captions on its own
+    assert verdict(_report(1.08, 0.19, 5.8)).endswith("so it survives a hacker who deletes the trigger")
+    assert verdict(_report(0.1, 0.9, 4.8)).endswith("the triggers act as photo IDs")
+    assert verdict(_report(0.9, 0.9, 4.8)).endswith("the surrogate matches by content")
+    assert verdict(_report(0.2, 0.2, 4.8)).endswith("yet the noise is not bound to the trigger")
+    assert verdict(_report(0.9, 0.2, 2.0)).endswith("the noise carries the shortcut")  # bound: shuffled captions still match
+    assert verdict(_report(0.2, 0.9, 2.0)).startswith("deleting the trigger keeps 20%")

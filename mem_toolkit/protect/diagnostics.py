@@ -84,8 +84,15 @@ def verdict(report: dict) -> str:
     bound = report["shuffled_caption_loss"] < 0.75 * report["ln_batch"]
     line = (f"deleting the trigger keeps {without_trigger:.0%} of the matching, removing the noise keeps {without_noise:.0%}; "
             f"shuffled-caption loss {report['shuffled_caption_loss']:.2f} vs ln(batch) {report['ln_batch']:.2f}")
-    if not bound:
+    if bound:
+        if without_trigger < 0.5:
+            return line + ": the shortcut lives in the trigger; a hacker who deletes it learns much of the content"
+        return line + ": the noise carries the shortcut"
+    if without_noise < 0.5 <= without_trigger:
+        return line + (": the noise carries the matching without the trigger (keyed to the captions, not bound to the "
+                       "trigger), so it survives a hacker who deletes the trigger")
+    if without_trigger < 0.5 <= without_noise:
         return line + ": the noise is not bound to the trigger, the triggers act as photo IDs"
-    if without_trigger < 0.5:
-        return line + ": the shortcut lives in the trigger; a hacker who deletes it learns much of the content"
-    return line + ": the noise carries the shortcut"
+    if min(without_trigger, without_noise) >= 0.5:
+        return line + ": neither the noise nor the trigger carries the matching; the surrogate matches by content"
+    return line + ": the matching needs both the noise and the trigger, yet the noise is not bound to the trigger"
