@@ -97,11 +97,10 @@ def targets(summary: dict, k: int, random: dict) -> dict[str, dict]:
     for hacker, arms in summary.items():
         for d in ("i2t", "t2i"):
             r10 = {arm: arms[arm][f"{d}_R@10"]["mean"] for arm in arms}
-            bounds = {f"MEM-{k} R@10 <= 1/2 clean": (f"mem-{k}", r10["clean"] / 2),
-                      "noise only R@10 <= 2/3 clean": (f"mem-{k}-noise-only", r10["clean"] * 2 / 3),
-                      f"MEM-{k} R@10 < random-ID trigger": (f"mem-{k}", r10["random-id-trigger"])}
-            for name, (arm, bound) in bounds.items():
-                strict = name.endswith("trigger")
+            bounds = {f"MEM-{k} R@10 <= 1/2 clean": (f"mem-{k}", r10["clean"] / 2, False),
+                      "noise only R@10 <= 2/3 clean": (f"mem-{k}-noise-only", r10["clean"] * 2 / 3, False),
+                      f"MEM-{k} R@10 < random-ID trigger": (f"mem-{k}", r10["random-id-trigger"], True)}
+            for name, (arm, bound, strict) in bounds.items():
                 met = r10[arm] < bound if strict else r10[arm] <= bound
                 checks[f"{hacker} {d}: {name}"] = {"met": bool(met), "value": r10[arm], "bound": bound, "random_guess": random[f"{d}_R@10"]}
     return checks
