@@ -198,7 +198,9 @@ class Protector:
             if c.trigger_len and round_index < c.trigger_rounds:
                 record.update(self._trigger_step(surrogate, dataset, state, allowed, round_index, progress))
             if c.pgd_steps and state.code is not None:
-                ensemble = self._code_ensemble(surrogate, round_view, round_index, progress, record)
+                ensemble, ensemble_losses = self._code_ensemble(surrogate, round_view, round_index, progress)
+                if ensemble:
+                    record["ensemble_surrogate_losses"] = ensemble_losses
                 record.update(self._code_step([surrogate, *ensemble], dataset, state, round_index, progress))
             elif c.pgd_steps:
                 record.update(self._noise_step(surrogate, dataset, state, round_index, progress))
@@ -352,18 +354,18 @@ class Protector:
         first, last = _in_batch_order(losses)  # also the barrier: every rank's units are written
         return {"pgd_loss_first": float(np.mean(first)), "pgd_loss_last": float(np.mean(last)), "noise_seconds": time.perf_counter() - started}
 
-    def _code_ensemble(self, surrogate: ClipModel, round_view: ProtectedDataset, round_index: int, progress: bool,
-                       record: dict) -> list[ClipModel]:
+    def _code_ensemble(self, surrogate: ClipModel, round_view: ProtectedDataset, round_index: int,
+                       progress: bool) -> tuple[list[ClipModel], list[float]]:
         """This round's fresh `code_ensemble` surrogates, each trained as the surrogate was (its steps, on this round's
-        protected pairs; their mean losses go into `record`). Made anew every round from the seed, so a resumed run remakes them."""
-        models = []
+        protected pairs), and their mean training losses. Made anew every round from the seed, so a resumed run remakes them."""
+        models, losses = [], []
         for i, name in enumerate(self.config.code_ensemble):
             seed = int(np.random.default_rng([self.config.seed, round_index, 98, i]).integers(2**31))
             model = create_model(name, device=self.device, seed=seed, image_size=surrogate.image_size)
             trained = self._surrogate_step(model, model, self._optimizer(model), round_view, round_index, progress)
-            record.setdefault("ensemble_surrogate_losses", []).append(trained["surrogate_loss"])
             models.append(model)
-        return models
+            losses.append(trained["surrogate_loss"])
+        return models, losses
 
     def _code_step(self, surrogates: list[ClipModel], dataset: CaptionDataset, state: "_RunState", round_index: int,
                    progress: bool) -> dict:
