@@ -75,4 +75,6 @@ def test_the_verdict_names_the_cue_that_survives_when_the_noise_is_not_bound_to_
     assert verdict(_report(0.9, 0.9, 4.8)).endswith("the surrogate matches by content")
     assert verdict(_report(0.2, 0.2, 4.8)).endswith("yet the noise is not bound to the trigger")
     assert verdict(_report(0.9, 0.2, 2.0)).endswith("the noise carries the shortcut")  # bound: shuffled captions still match
-    assert verdict(_report(0.2, 0.9, 2.0)).startswith("deleting the trigger keeps 20%")
+    bound_in_trigger = verdict(_report(0.2, 0.9, 2.0))
+    assert bound_in_trigger.startswith("deleting the trigger keeps 20% of the matching, removing the noise keeps 90%")
+    assert bound_in_trigger.endswith("a hacker who deletes it learns much of the content")
