@@ -99,3 +99,39 @@ def test_hotflip_units_shared_by_several_rows_get_one_trigger(tiny_shapes):
     assert result.triggers.shape == (4, 2)
     assert result.loss_after <= result.loss_before + 1e-6
     assert abs(_loss(model, image_features, caption_ids, result.triggers, units) - result.loss_after) < 1e-4
+
+
+def test_hotflip_scores_only_the_flips_and_matches_exhaustive_coordinate_descent(tiny_shapes):
+    """With every allowed token a candidate, the candidates do not depend on the gradient: beam-1 HotFlip is then
+    exact coordinate descent per unit (other units fixed), and a hypothesis's own loss is never re-encoded."""
+    model, caption_ids, _, allowed, image_features = _hotflip_setup(tiny_shapes, n_rows=6, k=2, seed=1)
+    allowed = allowed[:5]
+    triggers = allowed[torch.tensor([[0, 1], [2, 3], [4, 0], [1, 1], [3, 2], [0, 4]])]
+    units = torch.arange(6)
+    encoded = [0]
+    hook = model.token_embedding.register_forward_hook(lambda _m, _i, out: encoded.__setitem__(0, encoded[0] + out.shape[0]))
+    try:
+        result = hotflip_step(model, image_features, caption_ids, triggers, units, allowed, candidates=len(allowed))
+    finally:
+        hook.remove()
+    assert encoded[0] == 6 + 2 * 6 * (len(allowed) - 1)  # the gradient pass, then 4 flips per unit and position
+
+    def loss_with(unit, trigger):
+        trial = triggers.clone()
+        trial[unit] = trigger
+        return _loss(model, image_features, caption_ids, trial, units)
+
+    before = _loss(model, image_features, caption_ids, triggers, units)
+    descended = triggers.clone()
+    for unit in range(6):
+        current, current_loss = triggers[unit].clone(), before
+        for position in range(2):
+            for token in allowed:
+                trial = current.clone()
+                trial[position] = token
+                trial_loss = loss_with(unit, trial)
+                if trial_loss < current_loss - 1e-6:
+                    current, current_loss = trial, trial_loss
+        descended[unit] = current
+    assert _loss(model, image_features, caption_ids, descended, units) < before  # so the joint update is kept
+    assert torch.equal(result.triggers, descended)

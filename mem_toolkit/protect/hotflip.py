@@ -2,7 +2,9 @@
 
 Image features do not change during a trigger step, so they are computed once; every candidate of a
 position is scored in one batched text forward, in fp32 (bf16 rounding at logit scale ~100 is as
-large as the differences between candidates). The step never increases the batch loss.
+large as the differences between candidates). A hypothesis's own loss is carried from the position
+before, so only candidates that change it are encoded (16 of 17 text forwards at the paper's 16
+candidates). The step never increases the batch loss.
 """
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from ..loss import clip_loss
@@ -122,35 +123,49 @@ def hotflip_step(
     with torch.no_grad():
         first_order = -torch.einsum("ukd,vd->ukv", unit_grad, embedding[allowed].float())
         candidate_ids = allowed[first_order.topk(min(candidates, len(allowed)), dim=-1).indices]  # (U, k, c)
-    # 3. beam search per unit, other units fixed
+    # 3. beam search per unit, other units fixed. A hypothesis's own loss and features are known from the
+    #    position before (the current trigger's from step 1), so only the candidates that change it are encoded.
     scorer = _BatchScorer(image_features, text_features.detach(), scale)
     rows_of_unit = [torch.nonzero(unit_index == u).flatten().tolist() for u in range(len(triggers))]
     beams = [triggers[u][None].clone() for u in range(len(triggers))]  # each (n_hyp, k)
     loss_before = scorer.loss(text_features.detach())
+    beam_losses = [torch.tensor([loss_before]) for _ in triggers]  # each (n_hyp,)
+    beam_features = [text_features.detach()[rows][None] for rows in rows_of_unit]  # each (n_hyp, rows, width)
+    width = text_features.shape[-1]
     best_losses = torch.full((len(triggers),), loss_before)
     best_triggers = triggers.clone()
     best_features: list[torch.Tensor | None] = [None] * len(triggers)
     for position in range(k):
-        expansions = []
+        flips = []  # per unit (n_hyp, c_u, k): every hypothesis with one candidate at `position`
         for u, hyps in enumerate(beams):
-            options = torch.cat([hyps[:, position:position + 1], candidate_ids[u, position][None].expand(len(hyps), -1)], dim=1)
-            grown = hyps[:, None, :].repeat(1, options.shape[1], 1)
+            options = candidate_ids[u, position]
+            options = options[options != triggers[u, position]]  # all hypotheses still hold the current token here
+            grown = hyps[:, None, :].repeat(1, len(options), 1)
             grown[:, :, position] = options
-            expansions.append(grown.reshape(-1, k))
-        flat_unit = torch.cat([torch.full((len(e),), u) for u, e in enumerate(expansions)])
-        flat_triggers = torch.cat(expansions)
+            flips.append(grown)
+        flat_unit = torch.cat([torch.full((f.shape[0] * f.shape[1],), u) for u, f in enumerate(flips)])
+        flat_triggers = torch.cat([f.reshape(-1, k) for f in flips])
         expansion_id, row_id, trigger_rows = [], [], []
         for x, (u, trig) in enumerate(zip(flat_unit.tolist(), flat_triggers)):
             for r in rows_of_unit[u]:
                 expansion_id.append(x)
                 row_id.append(r)
                 trigger_rows.append(trig)
-        features = encode(torch.stack(trigger_rows), row_id)
-        losses = scorer.with_columns(torch.tensor(expansion_id), torch.tensor(row_id), features)
-        offsets = np.cumsum([0] + [len(e) for e in expansions])
-        first_row_of = np.cumsum([0] + [len(rows_of_unit[u]) for u in flat_unit.tolist()])
-        for u, expanded in enumerate(expansions):
-            unit_losses = losses[offsets[u]:offsets[u + 1]]
+        features, losses = torch.empty(0, width, device=device), torch.empty(0)
+        if row_id:
+            features = encode(torch.stack(trigger_rows), row_id)
+            losses = scorer.with_columns(torch.tensor(expansion_id), torch.tensor(row_id), features)
+        offset = row_offset = 0
+        for u, grown in enumerate(flips):
+            n_hyp, n_options, n_rows = grown.shape[0], grown.shape[1], len(rows_of_unit[u])
+            size = n_hyp * n_options
+            flip_losses = losses[offset:offset + size].reshape(n_hyp, n_options)
+            flip_features = features[row_offset:row_offset + size * n_rows].reshape(n_hyp, n_options, n_rows, width)
+            offset, row_offset = offset + size, row_offset + size * n_rows
+            # each hypothesis followed by its flips, the order in which ties are broken
+            expanded = torch.cat([beams[u][:, None], grown], dim=1).reshape(-1, k)
+            unit_losses = torch.cat([beam_losses[u][:, None], flip_losses], dim=1).reshape(-1)
+            unit_features = torch.cat([beam_features[u][:, None], flip_features], dim=1).flatten(0, 1)
             keep, seen = [], set()
             for index in torch.argsort(unit_losses, stable=True).tolist():
                 key = tuple(expanded[index].tolist())
@@ -159,13 +174,12 @@ def hotflip_step(
                     keep.append(index)
                 if len(keep) == beam:
                     break
-            beams[u] = expanded[keep]
+            beams[u], beam_losses[u], beam_features[u] = expanded[keep], unit_losses[keep], unit_features[keep]
             best = keep[0]
             if unit_losses[best] < best_losses[u]:
                 best_losses[u] = unit_losses[best]
                 best_triggers[u] = expanded[best]
-                first = first_row_of[offsets[u] + best]
-                best_features[u] = features[first:first + len(rows_of_unit[u])]
+                best_features[u] = unit_features[best]
     # 4. accept jointly if that lowers the loss, else unit by unit
     new_triggers = best_triggers.clone()
     joint_features = text_features.detach().clone()
