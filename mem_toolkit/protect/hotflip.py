@@ -132,9 +132,6 @@ def hotflip_step(
     beam_losses = [torch.tensor([loss_before]) for _ in triggers]  # each (n_hyp,)
     beam_features = [text_features.detach()[rows][None] for rows in rows_of_unit]  # each (n_hyp, rows, width)
     width = text_features.shape[-1]
-    best_losses = torch.full((len(triggers),), loss_before)
-    best_triggers = triggers.clone()
-    best_features: list[torch.Tensor | None] = [None] * len(triggers)
     for position in range(k):
         flips = []  # per unit (n_hyp, c_u, k): every hypothesis with one candidate at `position`
         for u, hyps in enumerate(beams):
@@ -143,10 +140,9 @@ def hotflip_step(
             grown = hyps[:, None, :].repeat(1, len(options), 1)
             grown[:, :, position] = options
             flips.append(grown)
-        flat_unit = torch.cat([torch.full((f.shape[0] * f.shape[1],), u) for u, f in enumerate(flips)])
-        flat_triggers = torch.cat([f.reshape(-1, k) for f in flips])
+        expansions = [(u, trig) for u, grown in enumerate(flips) for trig in grown.reshape(-1, k)]
         expansion_id, row_id, trigger_rows = [], [], []
-        for x, (u, trig) in enumerate(zip(flat_unit.tolist(), flat_triggers)):
+        for x, (u, trig) in enumerate(expansions):
             for r in rows_of_unit[u]:
                 expansion_id.append(x)
                 row_id.append(r)
@@ -175,27 +171,21 @@ def hotflip_step(
                 if len(keep) == beam:
                     break
             beams[u], beam_losses[u], beam_features[u] = expanded[keep], unit_losses[keep], unit_features[keep]
-            best = keep[0]
-            if unit_losses[best] < best_losses[u]:
-                best_losses[u] = unit_losses[best]
-                best_triggers[u] = expanded[best]
-                best_features[u] = unit_features[best]
-    # 4. accept jointly if that lowers the loss, else unit by unit
-    new_triggers = best_triggers.clone()
-    joint_features = text_features.detach().clone()
-    for u, feats in enumerate(best_features):
-        if feats is not None:
-            joint_features[rows_of_unit[u]] = feats
+    # 4. each unit's best is the head of its beam (the kept hypotheses are ranked with their flips, so it never worsens);
+    #    accept the improved units jointly if that lowers the loss, else one by one, best first, while each lowers it
+    best_losses = torch.stack([hyp_losses[0] for hyp_losses in beam_losses])
+    improved = [u for u in torch.argsort(best_losses).tolist() if best_losses[u] < loss_before]
+    new_triggers, joint_features = triggers.clone(), text_features.detach().clone()
+    for u in improved:
+        new_triggers[u], joint_features[rows_of_unit[u]] = beams[u][0], beam_features[u][0]
     loss_after = scorer.loss(joint_features)
     if loss_after > loss_before:
         new_triggers, joint_features, loss_after = triggers.clone(), text_features.detach().clone(), loss_before
-        for u in torch.argsort(best_losses).tolist():
-            if best_features[u] is None:
-                continue
+        for u in improved:
             trial = joint_features.clone()
-            trial[rows_of_unit[u]] = best_features[u]
+            trial[rows_of_unit[u]] = beam_features[u][0]
             trial_loss = scorer.loss(trial)
             if trial_loss < loss_after:
                 joint_features, loss_after = trial, trial_loss
-                new_triggers[u] = best_triggers[u]
+                new_triggers[u] = beams[u][0]
     return HotFlipResult(new_triggers.cpu(), loss_before, loss_after)
